@@ -1,0 +1,1 @@
+"""Torch modules holding the tensors and the losses (no AnnData here)."""

@@ -1,0 +1,1 @@
+"""Reusable network blocks: attention, AdaLN, GEGLU, time embedding."""

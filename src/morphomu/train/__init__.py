@@ -1,0 +1,1 @@
+"""Training plans and data splitters plugged into scvi-tools' TrainRunner."""
