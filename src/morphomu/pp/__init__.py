@@ -11,6 +11,7 @@ __all__ = [
     "embed_images",
     "embed_rna",
     "featurize_compounds",
+    "featurize_smiles",
     "standardize",
     "validate",
 ]
@@ -24,6 +25,7 @@ __getattr__, __dir__ = attach(
         "embed_images": "._embed_images",
         "embed_rna": "._embed_rna",
         "featurize_compounds": "._featurize",
+        "featurize_smiles": "._featurize",
         "standardize": "._standardize",
         "validate": "._validate",
     },
