@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from .._lazy import attach
 
-__all__: list[str] = []
+__all__ = ["classification", "embedding_overlay", "fidelity", "training_history"]
 
-__getattr__, __dir__ = attach(__name__, {})
+__getattr__, __dir__ = attach(
+    __name__,
+    {
+        "classification": "._evaluation",
+        "embedding_overlay": "._evaluation",
+        "fidelity": "._evaluation",
+        "training_history": "._evaluation",
+    },
+)

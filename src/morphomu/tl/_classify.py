@@ -1,0 +1,315 @@
+"""The scGeneScope treatment-identification benchmark: train and test classifiers over seeds (and folds)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from .. import _constants as C
+from .._errors import ContractError, MorphomuError
+from .._uns import store
+from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
+
+if TYPE_CHECKING:
+    from mudata import MuData
+
+__all__ = ["PAPER_SEEDS", "classify"]
+
+#: The five training seeds of the paper's Tables 1 and 2.
+PAPER_SEEDS = (12345, 42, 1234, 99, 7)
+#: The single seed of the paper's replicate cross-validation.
+CV_SEED = 12345
+METRICS = ("balanced_accuracy", "macro_f1", "weighted_f1")
+
+
+def _light_mudata(
+    mdata: MuData,
+    specs: Sequence[Any],
+    obs_keys: Sequence[str],
+    split_key: str,
+    splits: Mapping[str, Any] | None,
+) -> MuData:
+    """A MuData holding only the inputs' matrices (shared, not copied) and the needed obs columns.
+
+    The classifier registers and reads this object, so the user's MuData is never touched; ``splits``
+    (modality -> labels) replaces the split column, e.g. for a cross-validation fold.
+    """
+    import anndata as ad
+    import mudata as md
+
+    mods = {}
+    for mod in dict.fromkeys(s.mod for s in specs):
+        adata = mdata.mod[mod]
+        obs = adata.obs[[k for k in dict.fromkeys(obs_keys) if k in adata.obs.columns]].copy()
+        if splits is not None:
+            obs[split_key] = splits[mod]
+        reps = [s.rep for s in specs if s.mod == mod]
+        x = adata.X if None in reps else None
+        if x is not None and not isinstance(x, np.ndarray):
+            from scipy import sparse
+
+            x = x if sparse.issparse(x) else x[:]  # backed .X: read once
+        mods[mod] = ad.AnnData(X=x, obs=obs, obsm={r: adata.obsm[r] for r in reps if r is not None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return md.MuData(mods)
+
+
+def classify(
+    mdata: MuData,
+    *,
+    inputs: Any,
+    setting: Literal["single", "multi"] = "single",
+    k: int = 32,
+    target: str = C.TREATMENT_KEY,
+    exclude: Sequence[str] | str = (C.CONTROL,),
+    sample_key: str = C.SAMPLE_KEY,
+    split_key: str = C.SPLIT_KEY,
+    seeds: Sequence[int] | int | None = None,
+    cv: bool = False,
+    folds: Sequence[int] = (1, 2, 3),
+    scheme: str = "scgenescope",
+    replicate_key: str = C.REPLICATE_KEY,
+    round_key: str = C.ROUND_KEY,
+    test_sets: Sequence[str] = C.HELD_OUT_SPLITS,
+    hparams: str | Mapping[str, Any] = "paper",
+    eval_seed: int = 2024,
+    accelerator: str = "auto",
+    devices: int | list[int] | str = "auto",
+    progress: bool = True,
+    key_added: str = "classify",
+    inplace: bool = True,
+) -> pd.DataFrame | None:
+    """Treatment identification from imaging and/or RNA embeddings: the scGeneScope benchmark.
+
+    Trains a :class:`~morphomu.models.TreatmentClassifier` per seed (and per fold with ``cv=True``) on the
+    ``train`` split with early stopping on ``val``, and scores its best checkpoint on the test splits
+    with balanced accuracy, macro-F1 and weighted-F1. One call is one row of the PhenoSeq paper's
+    Table 1 (``setting='single'``) or Table 2 (``setting='multi'``):
+
+    =========================  ===========================================================
+    row                        ``inputs``
+    =========================  ===========================================================
+    Image (real)               ``('img', 'X_vit')``
+    RNA (real)                 ``('rna', 'X_scgpt')``
+    RNA (synthetic)            ``('rna_synthetic', 'X_scgpt')``
+    Image + RNA (real)         ``[('img', 'X_vit'), ('rna', 'X_scgpt')]``
+    Image + RNA (synthetic)    ``[('img', 'X_vit'), ('rna_synthetic', 'X_scgpt')]``
+    =========================  ===========================================================
+
+    The unit is a cell; see :class:`~morphomu.models.TreatmentClassifier` for the single- and
+    multi-profile examples, how two modalities are paired (by sample, independent cells) and the
+    hyper-parameters (the paper's Table 6 per setting and input kind).
+
+    Parameters
+    ----------
+    mdata
+        The experiment; never modified except for ``uns['morphomu'][key_added]``.
+    inputs
+        One ``(mod, rep)`` (MLP) or two, one imaging and one RNA (DualMLP); ``rep=None`` is ``.X``. The
+        kind of an input is read from the modality name (``img...`` imaging, ``rna...`` RNA) or given
+        as a third element, ``(mod, rep, 'image' | 'rna')``.
+    setting
+        ``'single'`` (one cell per example) or ``'multi'`` (``k`` cells of one sample averaged).
+    k
+        Cells per multi-profile example and input.
+    target
+        obs column with the class (present in every input modality).
+    exclude
+        Target values that are not classes (the control by default: 28 classes, chance 1/28).
+    sample_key
+        obs column with the sample (pairs the modalities; one target value per sample).
+    split_key
+        obs column with the split labels (ignored with ``cv=True``).
+    seeds
+        Training seeds; default the paper's five (12345, 42, 1234, 99, 7), or 12345 alone with ``cv=True``.
+    cv
+        Run the replicate cross-validation: each fold of ``scheme`` relabels the cells by
+        :func:`morphomu.pp.assign_split`'s rule on a private copy of the labels (the ``split`` column
+        is never overwritten); ``test_he`` is scored in every fold.
+    folds
+        Folds to run with ``cv=True``.
+    scheme
+        Split scheme of the cross-validation.
+    replicate_key, round_key
+        obs columns the cross-validation splits by.
+    test_sets
+        Split labels scored.
+    hparams
+        ``'paper'`` (Table 6), ``'fast'``, ``'tiny'`` or a dict of overrides such as
+        ``{'preset': 'paper', 'max_epochs': 20}`` (see :func:`morphomu.models._classifier.resolve_hparams`).
+    eval_seed
+        Seed of the fixed validation and test examples (2024 as scGeneScope).
+    accelerator, devices
+        Lightning accelerator and devices.
+    progress
+        Show a progress bar over the runs and Lightning's per-epoch bar.
+    key_added
+        Entry of ``mdata.uns['morphomu']`` written.
+    inplace
+        Write the results (and return ``None``); otherwise return the results table only.
+
+    Returns
+    -------
+    With ``inplace=False`` the tidy results: one row per ``(seed, fold, test_set)`` with columns ``seed``,
+    ``fold``, ``test_set``, ``balanced_accuracy``, ``macro_f1``, ``weighted_f1``, ``n_examples``,
+    ``best_epoch`` and ``best_val_balanced_accuracy`` (``fold`` is the CV fold, or without ``cv`` the fold
+    :func:`~morphomu.pp.assign_split` recorded for ``split_key``, 0 when unknown). With ``inplace=True``, ``None``, and
+    ``mdata.uns['morphomu'][key_added]`` holds ``results`` (that table), ``summary`` (per test set: mean
+    and standard deviation, ddof=1, of each metric over the runs, and ``n_runs``), ``classes``, ``chance``
+    (1 / number of classes) and ``params``.
+
+    Examples
+    --------
+    >>> import morphomu as mm
+    >>> mm.tl.classify(mdata, inputs=("img", "X_vit"), setting="single")  # doctest: +SKIP
+    >>> mdata.uns["morphomu"]["classify"]["summary"]  # doctest: +SKIP
+    >>> mm.pl.classification(mdata)  # doctest: +SKIP
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..models._classifier import TreatmentClassifier, input_kind, parse_inputs, resolve_hparams
+    from ..pp._split import SCHEMES, _split_labels
+
+    # --- every check before any work ---------------------------------------------------------------
+    check_mudata(mdata)
+    specs = parse_inputs(inputs)
+    resolve_hparams(hparams, setting, input_kind(specs))
+    if not isinstance(k, int | np.integer) or k < 1:
+        msg = f"k must be a positive integer, got {k!r}."
+        raise MorphomuError(msg)
+    if seeds is None:
+        seeds = (CV_SEED,) if cv else PAPER_SEEDS
+    seeds = [seeds] if isinstance(seeds, int | np.integer) else list(seeds)
+    if not seeds or not all(isinstance(s, int | np.integer) for s in seeds):
+        msg = f"seeds must be a non-empty sequence of integers, got {seeds!r}."
+        raise MorphomuError(msg)
+    test_sets = [test_sets] if isinstance(test_sets, str) else list(test_sets)
+    exclude = [exclude] if isinstance(exclude, str) else [str(e) for e in exclude]
+    for s in specs:
+        adata = get_mod(mdata, s.mod, arg="inputs")
+        check_rep(adata, s.rep, mod=s.mod, arg="inputs")
+        check_obs_keys(adata, {"target": target, "sample_key": sample_key}, mod=s.mod)
+    fold_splits: dict[int, dict[str, Any] | None] = {}
+    if cv:
+        if scheme not in SCHEMES:
+            msg = f"scheme={scheme!r} is unknown; choose one of {sorted(SCHEMES)}."
+            raise ContractError(msg)
+        folds = [int(f) for f in folds]
+        bad = [f for f in folds if f not in SCHEMES[scheme].folds]
+        if bad or not folds:
+            msg = f"folds={folds}: scheme {scheme!r} has folds {sorted(SCHEMES[scheme].folds)}."
+            raise MorphomuError(msg)
+        for f in folds:
+            fold_splits[f] = {
+                s.mod: _split_labels(
+                    mdata.mod[s.mod],
+                    SCHEMES[scheme],
+                    f,
+                    mod=s.mod,
+                    replicate_key=replicate_key,
+                    round_key=round_key,
+                )
+                for s in specs
+            }
+    else:
+        for s in specs:
+            check_obs_keys(mdata.mod[s.mod], {"split_key": split_key}, mod=s.mod)
+        fold_splits[0] = None
+    obs_keys = [target, sample_key, split_key]
+    light = {f: _light_mudata(mdata, specs, obs_keys, split_key, sp) for f, sp in fold_splits.items()}
+    for f, ld in light.items():  # labels and classes are checked for every fold before training starts
+        for s in specs:
+            split = ld.mod[s.mod].obs[split_key].astype(str)
+            for label in (C.TRAIN, C.VAL):
+                if not (split == label).any():
+                    msg = (
+                        f"mdata.mod[{s.mod!r}].obs[{split_key!r}] has no {label!r} cells{f' in fold {f}' if cv else ''}; "
+                        "run mm.pp.assign_split first."
+                    )
+                    raise ContractError(msg)
+
+    # --- training and testing ----------------------------------------------------------------------
+    given_fold = 0  # the user's own split; its fold when mm.pp.assign_split recorded one
+    with_split = mdata.uns.get(C.UNS_KEY, {}).get("assign_split", {})
+    if (
+        isinstance(with_split, Mapping)
+        and with_split.get("params", {}).get("key_added", split_key) == split_key
+    ):
+        given_fold = int(with_split.get("params", {}).get("fold", 0))
+    rows = []
+    classes: list[str] = []
+    runs = [(f, seed) for f in fold_splits for seed in seeds]
+    bar = tqdm(runs, desc=f"classify {setting} {'+'.join(s.label for s in specs)}", disable=not progress)
+    from ..models._classifier import _quiet
+
+    for fold, seed in bar:
+        ld = light[fold]
+        with _quiet(not progress):
+            TreatmentClassifier.setup_mudata(
+                ld,
+                inputs=[(s.mod, s.rep, s.kind) for s in specs],
+                target_key=target,
+                sample_key=sample_key,
+                split_key=split_key,
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            model = TreatmentClassifier(ld, setting=setting, k=int(k), exclude=exclude, hparams=hparams)
+        classes = model.classes_
+        model.train(
+            seed=int(seed), eval_seed=eval_seed, accelerator=accelerator, devices=devices, progress=progress
+        )
+        scores = model.evaluate(splits=test_sets, seed=eval_seed)
+        for test_set, r in scores.iterrows():
+            rows.append(
+                {
+                    "seed": int(seed),
+                    "fold": int(fold) if cv else given_fold,
+                    "test_set": str(test_set),
+                    **{m: float(r[m]) for m in METRICS},
+                    "n_examples": int(r["n_examples"]),
+                    "best_epoch": int(model.best_epoch_),
+                    "best_val_balanced_accuracy": float(model.best_validation_score_),
+                }
+            )
+    results = pd.DataFrame(rows)
+    if not inplace:
+        return results
+    grouped = results.groupby("test_set", sort=False)[list(METRICS)]
+    summary = pd.concat([grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_std")], axis=1)
+    summary = summary[[f"{m}_{s}" for m in METRICS for s in ("mean", "std")]]
+    summary["n_runs"] = results.groupby("test_set", sort=False).size()
+    summary.index.name = "test_set"
+    store(
+        mdata,
+        key_added,
+        {
+            "results": results,
+            "summary": summary,
+            "classes": list(classes),
+            "chance": 1.0 / len(classes),
+            "params": {
+                "inputs": [s.label for s in specs],
+                "kinds": [s.kind for s in specs],
+                "setting": setting,
+                "k": int(k) if setting == "multi" else 1,
+                "target": target,
+                "exclude": exclude,
+                "sample_key": sample_key,
+                "split_key": split_key,
+                "seeds": [int(s) for s in seeds],
+                "cv": bool(cv),
+                "folds": [int(f) for f in fold_splits] if cv else [given_fold],
+                "test_sets": test_sets,
+                "hparams": resolve_hparams(hparams, setting, input_kind(specs)),
+                "eval_seed": int(eval_seed),
+            },
+        },
+    )
+    return None
