@@ -36,7 +36,7 @@ def _summary(mdata, *, seconds: float) -> str:
             lines.append(f"| {split} | " + " | ".join(f"{c:,}" for c in counts) + " |")
         lines.append("")
     truth = mdata.uns.get(C.UNS_KEY, {}).get("simulation", {})
-    silent = truth.get("silent_treatments")
+    silent = truth.get("silent")
     if silent is not None:
         lines.append(f"Morphologically silent treatments (ground truth): {', '.join(map(str, silent))}.")
     return "\n".join(lines) + "\n"
