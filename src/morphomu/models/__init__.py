@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from .._lazy import attach
 
-__all__ = ["PhenoSeq"]
+__all__ = ["PhenoSeq", "TreatmentClassifier"]
 
-__getattr__, __dir__ = attach(__name__, {"PhenoSeq": "._phenoseq"})
+__getattr__, __dir__ = attach(__name__, {"PhenoSeq": "._phenoseq", "TreatmentClassifier": "._classifier"})

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from .._lazy import attach
 
-__all__ = ["generate_rna"]
+__all__ = ["classify", "fidelity", "generate_rna"]
 
-__getattr__, __dir__ = attach(__name__, {"generate_rna": "._generate_rna"})
+__getattr__, __dir__ = attach(
+    __name__,
+    {
+        "classify": "._classify",
+        "fidelity": "._fidelity",
+        "generate_rna": "._generate_rna",
+    },
+)
