@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,6 +73,74 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_benchmark_data(args: argparse.Namespace):
+    """The MuData the benchmark runs on, and a description of it."""
+    import mudata
+
+    from . import datasets
+
+    if args.data is not None and args.scgenescope is not None:
+        msg = "give at most one of --data and --scgenescope."
+        raise MorphomuError(msg)
+    if args.data is not None:
+        if not args.data.is_file():
+            msg = f"--data={str(args.data)!r} is not a file; expected an .h5mu written by morphomu or mudata."
+            raise MorphomuError(msg)
+        mdata = mudata.read_h5mu(args.data)
+        simulated = "simulation" in mdata.uns.get(C.UNS_KEY, {})  # the simulator stores its ground truth
+        return mdata, str(args.data), simulated
+    if args.scgenescope is not None:
+        return (
+            datasets.read_scgenescope(args.scgenescope),
+            f"read_scgenescope({str(args.scgenescope)!r})",
+            False,
+        )
+    return datasets.simulate_scgenescope(seed=args.seed), f"simulate_scgenescope(seed={args.seed})", True
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files; no display needed
+    from ._benchmark import BenchmarkConfig, run_benchmark
+    from ._io import atomic_path, check_writable
+    from ._validation import validate
+
+    out = check_writable(args.out, overwrite=args.overwrite, arg="--out", flag="--overwrite")
+    if args.preset not in ("tiny", "fast", "paper"):  # argparse choices already; kept for programmatic use
+        msg = f"--preset={args.preset!r}: choose tiny, fast or paper."
+        raise MorphomuError(msg)
+    for name, value in (("--max-epochs", args.max_epochs), ("--n-steps", args.n_steps)):
+        if value is not None and value < 1:
+            msg = f"{name}={value}: expected a positive integer."
+            raise MorphomuError(msg)
+    t0 = time.perf_counter()
+    print("[morphomu benchmark] loading data ...", flush=True)
+    mdata, description, simulated = _load_benchmark_data(args)
+    image_rep = args.image_rep if args.image_rep != "X" else None
+    rna_rep = args.rna_rep if args.rna_rep != "X" else None
+    validate(mdata, mods={C.IMAGE_MOD: image_rep, C.RNA_MOD: rna_rep}, uns=False)
+    config = BenchmarkConfig(
+        preset=args.preset,
+        accelerator=args.accelerator,
+        seeds=tuple(args.seeds),
+        cv=args.cv,
+        max_epochs=args.max_epochs,
+        classifier_hparams=args.classifier_hparams or args.preset,
+        n_steps=args.n_steps,
+        simulated=simulated,
+        data=description,
+        image_rep=image_rep,
+        rna_rep=rna_rep,
+        ablations=not args.no_ablations,
+        umap=not args.no_umap,
+    )
+    with atomic_path(out, overwrite=args.overwrite, arg="--out", flag="--overwrite") as tmp:
+        tmp.mkdir()
+        results = run_benchmark(mdata, out=tmp, config=config, log=lambda m: print(m, flush=True))
+    print(f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
+    print(f"[morphomu benchmark] plots: {', '.join(results['plots'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for the docs' CLI reference)."""
     parser = argparse.ArgumentParser(
@@ -92,11 +162,61 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--with-images", action="store_true", help="also render 5-channel image tiles")
     sim.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     sim.set_defaults(func=_simulate)
+
+    bench = sub.add_parser(
+        "benchmark",
+        help="train PhenoSeq, generate RNA, and run the scGeneScope evaluation (report.md, results.json, plots)",
+        description=(
+            "The main job: split -> train PhenoSeq -> generate synthetic RNA -> fidelity -> the ten "
+            "classification settings of the PhenoSeq paper's Tables 1-2 -> ablations -> report. Without "
+            "--data or --scgenescope it runs on the embedded simulator."
+        ),
+    )
+    source = bench.add_argument_group("data (default: the embedded simulator)")
+    source.add_argument("--data", type=Path, default=None, help="an .h5mu in the morphomu contract")
+    source.add_argument("--scgenescope", type=Path, default=None, help="root of the scGeneScope release")
+    source.add_argument("--seed", type=int, default=0, help="simulator seed")
+    bench.add_argument("--out", required=True, type=Path, help="report directory (created)")
+    bench.add_argument("--preset", choices=("tiny", "fast", "paper"), default="fast", help="PhenoSeq size")
+    bench.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="PhenoSeq epochs (default: 20 for tiny and fast, to early stopping for paper)",
+    )
+    bench.add_argument("--n-steps", type=int, default=50, help="DDIM steps")
+    bench.add_argument(
+        "--classifier-hparams",
+        choices=("paper", "fast", "tiny"),
+        default=None,
+        help="classifier sizes: paper = Table 6 widths (default: the same as --preset)",
+    )
+    bench.add_argument(
+        "--seeds", type=int, nargs="+", default=[12345, 42, 1234, 99, 7], help="classifier seeds"
+    )
+    bench.add_argument(
+        "--cv", action="store_true", help="3-fold replicate cross-validation (PhenoSeq per fold)"
+    )
+    bench.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    bench.add_argument("--image-rep", default=C.IMAGE_REP, help="imaging .obsm key ('X' for .X)")
+    bench.add_argument("--rna-rep", default=C.RNA_REP, help="RNA .obsm key ('X' for .X)")
+    bench.add_argument("--no-ablations", action="store_true", help="skip the ridge / context / guidance rows")
+    bench.add_argument("--no-umap", action="store_true", help="skip the UMAP overlay plot")
+    bench.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    bench.set_defaults(func=_benchmark)
     return parser
+
+
+def _quiet_third_party_warnings() -> None:
+    """Silence known, harmless deprecation notices of dependencies that would drown the CLI's progress."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"From 0.4 .update\(\) will not pull", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``morphomu`` console script."""
+    _quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

@@ -32,6 +32,7 @@ import pandas as pd
 from .. import _constants as C
 from .._errors import ContractError, MorphomuWarning
 from .._io import atomic_path
+from .._mudata import no_pull_on_update
 from .._uns import store
 
 if TYPE_CHECKING:
@@ -702,14 +703,14 @@ def read_scgenescope(
         entry["index_path"] = str(index)
 
     if not is_backed:
-        with mudata.set_options(pull_on_update=False):
+        with no_pull_on_update():
             mdata = mudata.MuData({m.mod: _load_modality(m, files[m.mod]) for m in mods})
         store(mdata, "read_scgenescope", entry)
         return mdata
 
     import h5py
 
-    with mudata.set_options(pull_on_update=False):
+    with no_pull_on_update():
         skeleton = mudata.MuData({m.mod: _annotations(m, files[m.mod]) for m in mods})
     store(skeleton, "read_scgenescope", entry)
     try:
@@ -725,7 +726,7 @@ def read_scgenescope(
     except OSError as e:
         msg = f"cannot write the backed index to index_path={str(index)!r} ({e}); pass a writable index_path."
         raise ContractError(msg) from None
-    with mudata.set_options(pull_on_update=False):
+    with no_pull_on_update():
         mdata = mudata.read_h5mu(index, backed="r")
     # .obsm is in memory even when backed. It is read here rather than mapped in the index: mudata reads
     # .obsm through a Python file object, and HDF5 cannot open a virtual dataset's source files that way.

