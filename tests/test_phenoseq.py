@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -236,6 +237,53 @@ def test_save_load_in_a_fresh_process(trained, test_we_samples, tmp_path):
     with pytest.raises(ContractError, match="64 features"):
         PhenoSeq.load(str(model_dir), wrong)
     assert snapshot(wrong) == before
+
+
+def test_save_is_atomic_versioned_and_never_overwrites_unasked(trained, tmp_path, monkeypatch):
+    from scvi.model.base import BaseModelClass
+
+    from morphomu.models._base import FORMAT_VERSION, MANIFEST
+
+    model_dir = tmp_path / "model"
+    trained.save(model_dir)
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    assert manifest == {
+        "model": "PhenoSeq",
+        "format_version": FORMAT_VERSION,
+        "morphomu_version": mm.__version__,
+    }
+    weights = (model_dir / "model.pt").read_bytes()
+    with pytest.raises(MorphomuError, match="exists; pass overwrite=True"):
+        trained.save(model_dir)
+
+    def crash(self, dir_path, **kwargs):  # dies half-way through writing
+        Path(dir_path).mkdir()
+        (Path(dir_path) / "model.pt").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(BaseModelClass, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        trained.save(model_dir, overwrite=True)
+    assert (model_dir / "model.pt").read_bytes() == weights  # the previous model is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left behind
+
+
+def test_load_refuses_other_models_newer_formats_and_foreign_directories(trained, tmp_path):
+    from morphomu.models._base import MANIFEST
+
+    model_dir = tmp_path / "model"
+    trained.save(model_dir)
+    with pytest.raises(MorphomuError, match="holds a PhenoSeq, not a TreatmentClassifier"):
+        mm.models.TreatmentClassifier.load(model_dir, trained.adata)
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    (model_dir / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(MorphomuError, match="model format 99; this morphomu .* reads formats up to 1"):
+        PhenoSeq.load(model_dir, trained.adata)
+    (model_dir / MANIFEST).unlink()
+    with pytest.raises(MorphomuError, match="has no morphomu.json"):
+        PhenoSeq.load(model_dir, trained.adata)
+    with pytest.raises(MorphomuError, match="is not a directory"):
+        PhenoSeq.load(tmp_path / "missing", trained.adata)
 
 
 # ------------------------------------------------------------------ bad input

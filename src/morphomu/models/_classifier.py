@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, fields
-from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
 from .. import _constants as C
@@ -29,6 +28,7 @@ from ..train._classifier import (
     SamplePools,
     batch_loader,
 )
+from ._base import MorphomuModel
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -304,7 +304,7 @@ def _quiet(enabled: bool) -> Iterator[None]:
             lg.setLevel(level)
 
 
-class TreatmentClassifier(BaseModelClass):
+class TreatmentClassifier(MorphomuModel):
     """Identify a cell's (or a cell population's) treatment from imaging and/or RNA embeddings.
 
     The scGeneScope benchmark's classifiers as used by the PhenoSeq paper: an MLP for one input

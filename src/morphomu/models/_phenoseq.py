@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 from scipy import sparse
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, fields
-from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
 from .. import _constants as C
@@ -24,6 +23,7 @@ from ..pp._standardize import Standardizer
 from ..train._diffusion_plan import DiffusionTrainingPlan
 from ..train._ema import ExponentialMovingAverage
 from ..train._set_data import PairedSetDataModule
+from ._base import MorphomuModel
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -128,7 +128,7 @@ def _group_means(matrix: Any, codes: np.ndarray, n_groups: int) -> np.ndarray:
     return sums / np.maximum(counts, 1.0)[:, None]
 
 
-class PhenoSeq(BaseModelClass):
+class PhenoSeq(MorphomuModel):
     """Generate single-cell RNA embeddings from Cell Painting imaging embeddings (PhenoSeq).
 
     A conditional diffusion model over standardised RNA embeddings (e.g. scGPT, 512-d), conditioned on
@@ -748,24 +748,6 @@ class PhenoSeq(BaseModelClass):
         return adata
 
     # ------------------------------------------------------------------ save / load
-    def save(
-        self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **kwargs: Any
-    ) -> None:
-        """Save the model (EMA weights, standardisation statistics, sizes and setup) to ``dir_path``.
-
-        Parameters
-        ----------
-        dir_path
-            Directory to create.
-        overwrite
-            Replace an existing directory's model files.
-        save_anndata
-            Also write the MuData (large).
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.save`.
-        """
-        super().save(dir_path, overwrite=overwrite, save_anndata=save_anndata, **kwargs)
-
     @classmethod
     def load(
         cls,
