@@ -11,13 +11,22 @@ from scvi.model.base import BaseModelClass
 from .._errors import MorphomuError
 from .._io import atomic_path
 
-__all__ = ["FORMAT_VERSION", "MorphomuModel"]
+__all__ = ["FORMAT_VERSION", "MorphomuModel", "feature_field"]
 
 #: Version of morphomu's saved-model layout (scvi-tools' ``model.pt`` plus :data:`MANIFEST`). Raise it
 #: when a change makes older morphomu versions unable to read what this one writes.
 FORMAT_VERSION = 1
 #: File beside ``model.pt`` naming the model class, the format version and the morphomu version.
 MANIFEST = "morphomu.json"
+
+
+def feature_field(key: str, rep: str | None, mod: str) -> Any:
+    """scvi-tools registry field for one modality's features: ``.obsm[rep]``, or ``.X`` when ``rep`` is None."""
+    from scvi.data import fields
+
+    if rep is None:
+        return fields.MuDataLayerField(key, None, mod_key=mod, is_count_data=False, mod_required=True)
+    return fields.MuDataObsmField(key, rep, mod_key=mod, mod_required=True)
 
 
 def _manifest_path(dir_path: Path, prefix: str | None) -> Path:
@@ -31,6 +40,11 @@ class MorphomuModel(BaseModelClass):
     previous model intact; :meth:`load` refuses a directory saved by another model class or by a newer
     morphomu save format, naming both.
     """
+
+    @property
+    def setup_args(self) -> dict[str, Any]:
+        """Keys given to :meth:`setup_mudata`."""
+        return dict(self.registry_["setup_args"])
 
     def save(
         self,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, fields
+from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.train import TrainRunner
 
 from .. import _constants as C
@@ -28,7 +28,7 @@ from ..train._classifier import (
     SamplePools,
     batch_loader,
 )
-from ._base import MorphomuModel
+from ._base import MorphomuModel, feature_field
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -442,15 +442,8 @@ class TreatmentClassifier(MorphomuModel):
                 mod=s.mod,
             )
 
-        def feature_field(i: int, s: ClassifierInput) -> Any:
-            if s.rep is None:
-                return fields.MuDataLayerField(
-                    f"x{i}", None, mod_key=s.mod, is_count_data=False, mod_required=True
-                )
-            return fields.MuDataObsmField(f"x{i}", s.rep, mod_key=s.mod, mod_required=True)
-
         manager = AnnDataManager(
-            fields=[feature_field(i, s) for i, s in enumerate(specs)],
+            fields=[feature_field(f"x{i}", s.rep, s.mod) for i, s in enumerate(specs)],
             setup_method_args=setup_method_args,
             validation_checks=AnnDataManagerValidationCheck(check_fully_paired_mudata=False),
         )
@@ -462,11 +455,6 @@ class TreatmentClassifier(MorphomuModel):
         """Not available: use :meth:`setup_mudata` (inputs are modalities of a MuData)."""
         msg = "TreatmentClassifier reads modalities of a MuData: use TreatmentClassifier.setup_mudata(mdata, inputs=...)."
         raise MorphomuError(msg)
-
-    @property
-    def setup_args(self) -> dict[str, Any]:
-        """Keys given to :meth:`setup_mudata`."""
-        return dict(self.registry_["setup_args"])
 
     def _n_features(self) -> list[int]:
         regs = self.registry_["field_registries"]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import sparse
-from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, fields
+from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.train import TrainRunner
 
 from .. import _constants as C
@@ -23,7 +23,7 @@ from ..pp._standardize import Standardizer
 from ..train._diffusion_plan import DiffusionTrainingPlan
 from ..train._ema import ExponentialMovingAverage
 from ..train._set_data import PairedSetDataModule
-from ._base import MorphomuModel
+from ._base import MorphomuModel, feature_field
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -329,11 +329,6 @@ class PhenoSeq(MorphomuModel):
             n_rna=None if expected is None else expected[_RNA_KEY],
         )
 
-        def feature_field(key: str, rep: str | None, mod: str) -> Any:
-            if rep is None:
-                return fields.MuDataLayerField(key, None, mod_key=mod, is_count_data=False, mod_required=True)
-            return fields.MuDataObsmField(key, rep, mod_key=mod, mod_required=True)
-
         manager = AnnDataManager(
             fields=[
                 feature_field(_IMAGE_KEY, image_rep, image_mod),
@@ -350,11 +345,6 @@ class PhenoSeq(MorphomuModel):
         """Not available: PhenoSeq needs a MuData with an imaging and an RNA modality (use :meth:`setup_mudata`)."""
         msg = "PhenoSeq pairs two modalities by sample: use PhenoSeq.setup_mudata(mdata, ...)."
         raise MorphomuError(msg)
-
-    @property
-    def setup_args(self) -> dict[str, Any]:
-        """Keys given to :meth:`setup_mudata`."""
-        return dict(self.registry_["setup_args"])
 
     def _n_features(self) -> tuple[int, int]:
         regs = self.registry_["field_registries"]

@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from scvi.train import TrainingPlan
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from ._set_data import keyed_seed
+from ._plan import LossTrainingPlan
+from ._set_data import epoch_loader, keyed_seed
 
 __all__ = [
     "ClassifierDataModule",
@@ -261,22 +260,6 @@ class _Batches(Dataset):
         return batch
 
 
-class _EpochSampler(Sampler):
-    """Yields ``(epoch, step)`` keys; Lightning calls :meth:`set_epoch` before each epoch."""
-
-    def __init__(self, dataset: _Batches) -> None:
-        self.dataset, self.epoch = dataset, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self):
-        return iter([(self.epoch, step) for step in range(len(self.dataset))])
-
-
 def batch_loader(
     examples: ExampleSet,
     *,
@@ -291,10 +274,7 @@ def batch_loader(
     ds = _Batches(
         examples, batch_size=batch_size, seed=seed, shuffle=shuffle, stream=stream, epoch_size=epoch_size
     )
-    kwargs: dict[str, Any] = (
-        {"num_workers": num_workers, "persistent_workers": True} if num_workers > 0 else {}
-    )
-    return DataLoader(ds, batch_size=None, sampler=_EpochSampler(ds), **kwargs)
+    return epoch_loader(ds, num_workers=num_workers)
 
 
 class ClassifierDataModule(LightningDataModule):
@@ -346,10 +326,7 @@ class ClassifierDataModule(LightningDataModule):
                 ds.rank, ds.world_size = int(trainer.global_rank), int(trainer.world_size)
 
     def _loader(self, ds: _Batches) -> DataLoader:
-        kwargs: dict[str, Any] = {}
-        if self.num_workers > 0:
-            kwargs = {"num_workers": self.num_workers, "persistent_workers": True}
-        return DataLoader(ds, batch_size=None, sampler=_EpochSampler(ds), **kwargs)
+        return epoch_loader(ds, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         """One epoch of training batches."""
@@ -370,7 +347,7 @@ def balanced_accuracy_from_confusion(confusion: torch.Tensor) -> float:
     return float(recall.mean())
 
 
-class ClassifierTrainingPlan(TrainingPlan):
+class ClassifierTrainingPlan(LossTrainingPlan):
     """AdamW on the cross-entropy; validation balanced accuracy each epoch; the best weights are kept.
 
     Logs ``train_loss``, ``validation_loss`` and ``validation_balanced_accuracy`` (the early-stopping
@@ -396,20 +373,6 @@ class ClassifierTrainingPlan(TrainingPlan):
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
         self._confusion: torch.Tensor | None = None
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimisation step's loss."""
-        _, _, out = self.forward(batch)
-        self.log(
-            "train_loss",
-            out.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=out.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
-        return out.loss
 
     def on_validation_epoch_start(self) -> None:
         """Reset the confusion matrix."""

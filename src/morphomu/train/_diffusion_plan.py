@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 import torch
-from scvi.train import TrainingPlan
 
 from ._ema import ExponentialMovingAverage
+from ._plan import LossTrainingPlan
 
 __all__ = ["DiffusionTrainingPlan", "warmup_cosine"]
 
@@ -21,7 +21,7 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class DiffusionTrainingPlan(TrainingPlan):
+class DiffusionTrainingPlan(LossTrainingPlan):
     """scvi-tools training plan for epsilon-prediction diffusion modules.
 
     The module's ``loss`` gives the MSE; this plan adds the optimiser (AdamW), the learning-rate
@@ -63,20 +63,6 @@ class DiffusionTrainingPlan(TrainingPlan):
     def trainable(self) -> list[torch.nn.Parameter]:
         """Parameters the optimiser and the EMA act on."""
         return [p for p in self.module.parameters() if p.requires_grad]
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimisation step's loss."""
-        _, _, out = self.forward(batch)
-        self.log(
-            "train_loss",
-            out.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=out.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
-        return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Validation loss with the raw weights."""

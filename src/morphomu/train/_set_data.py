@@ -123,7 +123,7 @@ class _SetBatches(Dataset):
 class _EpochSampler(Sampler):
     """Yields ``(epoch, step)`` keys; Lightning calls :meth:`set_epoch` before each epoch."""
 
-    def __init__(self, dataset: _SetBatches) -> None:
+    def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
         self.epoch = 0
 
@@ -135,6 +135,14 @@ class _EpochSampler(Sampler):
 
     def __iter__(self):
         return iter([(self.epoch, step) for step in range(len(self.dataset))])
+
+
+def epoch_loader(dataset: Dataset, *, num_workers: int = 0) -> DataLoader:
+    """A loader of a dataset of whole batches keyed by ``(epoch, step)``, optionally in worker processes."""
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs = {"num_workers": num_workers, "persistent_workers": True}
+    return DataLoader(dataset, batch_size=None, sampler=_EpochSampler(dataset), **kwargs)
 
 
 class PairedSetDataModule(LightningDataModule):
@@ -225,10 +233,7 @@ class PairedSetDataModule(LightningDataModule):
             self.set_rank(trainer.global_rank, trainer.world_size)
 
     def _loader(self, dataset: _SetBatches) -> DataLoader:
-        kwargs: dict[str, Any] = {}
-        if self.num_workers > 0:
-            kwargs = {"num_workers": self.num_workers, "persistent_workers": True}
-        return DataLoader(dataset, batch_size=None, sampler=_EpochSampler(dataset), **kwargs)
+        return epoch_loader(dataset, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         """One epoch of training batches for this rank."""
