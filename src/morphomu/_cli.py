@@ -98,8 +98,55 @@ def _load_benchmark_data(args: argparse.Namespace):
     return datasets.simulate_scgenescope(seed=args.seed), f"simulate_scgenescope(seed={args.seed})", True
 
 
+def _benchmark_morphology(args: argparse.Namespace) -> int:
+    import mudata
+
+    from . import datasets
+    from ._benchmark_morphology import DEFAULT_DATA, MorphologyBenchmarkConfig, run_morphology_benchmark
+    from ._io import atomic_path, check_writable
+
+    out = check_writable(args.out, overwrite=args.overwrite, arg="--out", flag="--overwrite")
+    if args.scgenescope is not None:
+        msg = (
+            "--task morphology needs image tiles, which the scGeneScope feature release does not hold; give an "
+            ".h5mu with mdata['img'].obsm['images'] via --data, or run on the simulator (no data option)."
+        )
+        raise MorphomuError(msg)
+    t0 = time.perf_counter()
+    print("[morphomu benchmark] loading data ...", flush=True)
+    if args.data is not None:
+        if not args.data.is_file():
+            msg = f"--data={str(args.data)!r} is not a file; expected an .h5mu written by morphomu or mudata."
+            raise MorphomuError(msg)
+        mdata = mudata.read_h5mu(args.data)
+        description, simulated = str(args.data), "simulation" in mdata.uns.get(C.UNS_KEY, {})
+    else:
+        mdata = datasets.simulate_scgenescope(seed=args.seed, **DEFAULT_DATA)
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in DEFAULT_DATA.items())
+        description, simulated = f"simulate_scgenescope(seed={args.seed}, {kwargs})", True
+    config = MorphologyBenchmarkConfig(
+        preset=args.preset,
+        accelerator=args.accelerator,
+        max_epochs=args.max_epochs,
+        n_steps=args.n_steps,
+        classifier_hparams=args.classifier_hparams or ("tiny" if args.preset == "tiny" else "fast"),
+        simulated=simulated,
+        data=description,
+    )
+    with atomic_path(out, overwrite=args.overwrite, arg="--out", flag="--overwrite") as tmp:
+        tmp.mkdir()
+        results = run_morphology_benchmark(mdata, out=tmp, config=config, log=lambda m: print(m, flush=True))
+    print(f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
+    print(f"[morphomu benchmark] plots: {', '.join(results['plots'])}")
+    return 0
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files; no display needed
+    if args.preset is None:
+        args.preset = "tiny" if args.task == "morphology" else "fast"
+    if args.task == "morphology":
+        return _benchmark_morphology(args)
     from ._benchmark import BenchmarkConfig, run_benchmark
     from ._io import atomic_path, check_writable
     from ._validation import validate
@@ -172,17 +219,29 @@ def build_parser() -> argparse.ArgumentParser:
             "--data or --scgenescope it runs on the embedded simulator."
         ),
     )
+    bench.add_argument(
+        "--task",
+        choices=("rna", "morphology"),
+        default="rna",
+        help="rna: image -> RNA (PhenoSeq, the scGeneScope tables); morphology: RNA + compound -> images "
+        "(TRIDENT: FID / KID / IS per ID / OOD split, with and without RNA, and a control-tile floor)",
+    )
     source = bench.add_argument_group("data (default: the embedded simulator)")
     source.add_argument("--data", type=Path, default=None, help="an .h5mu in the morphomu contract")
     source.add_argument("--scgenescope", type=Path, default=None, help="root of the scGeneScope release")
     source.add_argument("--seed", type=int, default=0, help="simulator seed")
     bench.add_argument("--out", required=True, type=Path, help="report directory (created)")
-    bench.add_argument("--preset", choices=("tiny", "fast", "paper"), default="fast", help="PhenoSeq size")
+    bench.add_argument(
+        "--preset",
+        choices=("tiny", "fast", "paper"),
+        default=None,
+        help="model size: PhenoSeq (default fast) or TRIDENT (default tiny, sized for a CPU run of minutes)",
+    )
     bench.add_argument(
         "--max-epochs",
         type=int,
         default=None,
-        help="PhenoSeq epochs (default: 20 for tiny and fast, to early stopping for paper)",
+        help="PhenoSeq (TRIDENT) epochs (default: 20 for tiny and fast (TRIDENT: 20 / 30), the preset's for paper)",
     )
     bench.add_argument("--n-steps", type=int, default=50, help="DDIM steps")
     bench.add_argument(

@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from .._lazy import attach
 
-__all__ = ["PhenoSeq", "TreatmentClassifier"]
+__all__ = [
+    "ImageVAE",
+    "PhenoSeq",
+    "TreatmentClassifier",
+    "Trident",
+]
 
-__getattr__, __dir__ = attach(__name__, {"PhenoSeq": "._phenoseq", "TreatmentClassifier": "._classifier"})
+__getattr__, __dir__ = attach(
+    __name__,
+    {
+        "ImageVAE": "._image_vae",
+        "PhenoSeq": "._phenoseq",
+        "TreatmentClassifier": "._classifier",
+        "Trident": "._trident",
+    },
+)

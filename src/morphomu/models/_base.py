@@ -11,7 +11,7 @@ from scvi.model.base import BaseModelClass
 from .._errors import MorphomuError
 from .._io import atomic_path
 
-__all__ = ["FORMAT_VERSION", "MorphomuModel", "feature_field"]
+__all__ = ["FORMAT_VERSION", "MorphomuModel", "feature_field", "finish_ema_training"]
 
 #: Version of morphomu's saved-model layout (scvi-tools' ``model.pt`` plus :data:`MANIFEST`). Raise it
 #: when a change makes older morphomu versions unable to read what this one writes.
@@ -27,6 +27,30 @@ def feature_field(key: str, rep: str | None, mod: str) -> Any:
     if rep is None:
         return fields.MuDataLayerField(key, None, mod_key=mod, is_count_data=False, mod_required=True)
     return fields.MuDataObsmField(key, rep, mod_key=mod, mod_required=True)
+
+
+def finish_ema_training(model: Any, plan: Any) -> None:
+    """After a diffusion model's training: keep the raw weights (to continue) and load the EMA weights.
+
+    ``plan`` is a :class:`~morphomu.train._diffusion_plan.DiffusionTrainingPlan`; the model gets
+    ``_raw_state`` and ``_ema``, and its module holds the averaged weights in eval mode.
+    """
+    import warnings
+
+    from .._errors import MorphomuWarning
+
+    model._raw_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+    model._ema = plan.ema
+    if plan.ema.shadow is None or plan.ema.n_updates == 0:
+        warnings.warn(
+            "no EMA weights were recorded in this process (e.g. a spawn-based strategy trained elsewhere); "
+            "the model keeps the raw weights.",
+            MorphomuWarning,
+            stacklevel=3,
+        )
+    else:
+        plan.ema.copy_to(plan.trainable())
+    model.module.eval()
 
 
 def _manifest_path(dir_path: Path, prefix: str | None) -> Path:

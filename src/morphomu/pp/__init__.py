@@ -5,6 +5,7 @@ from __future__ import annotations
 from .._lazy import attach
 
 __all__ = [
+    "assign_compound_split",
     "assign_split",
     "crop_cells",
     "destandardize",
@@ -19,6 +20,7 @@ __all__ = [
 __getattr__, __dir__ = attach(
     __name__,
     {
+        "assign_compound_split": "._compound_split",
         "assign_split": "._split",
         "crop_cells": "._crop",
         "destandardize": "._standardize",

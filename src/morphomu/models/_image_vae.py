@@ -1,0 +1,895 @@
+"""ImageVAE: the image autoencoder of latent diffusion for n-channel tiles (scvi-tools model).
+
+A diffusers ``AutoencoderKL`` trained on the tiles of an AnnData (``.obsm['images']``), or loaded from a
+diffusers directory (e.g. Stable Diffusion's ``vae/``); it gives TRIDENT's latent diffusion its latents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from scvi.data import AnnDataManager
+from scvi.train import TrainRunner
+from torch.utils.data import DataLoader, Dataset
+
+from .. import _constants as C
+from .._errors import ContractError, MorphomuError
+from ..module._image_vae import IMAGE_VAE_PRESETS, ImageVAEModule, autoencoder_config
+from ..train._plan import LossTrainingPlan
+from ._base import MANIFEST, MorphomuModel
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["ImageVAE"]
+
+#: Training defaults per preset (AdamW, constant learning rate).
+TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
+    "paper": {"max_epochs": 100, "batch_size": 16, "lr": 1e-4},
+    "fast": {"max_epochs": 50, "batch_size": 32, "lr": 1e-3},
+    "tiny": {"max_epochs": 20, "batch_size": 32, "lr": 2e-3},
+}
+#: Percentiles of train pixel values (per channel) that map to -1 and 1 for float tiles.
+ROBUST_PERCENTILES = (0.1, 99.9)
+#: Tiles read to fit the intensity range of float tiles and the latent scaling factor.
+_N_FIT_TILES = 1024
+_CHUNK_TILES = 256
+
+
+# ---------------------------------------------------------------------------------------------------
+# checks and conversions
+# ---------------------------------------------------------------------------------------------------
+def _check_dtype(dtype: np.dtype, *, where: str) -> None:
+    if not (np.issubdtype(dtype, np.unsignedinteger) or np.issubdtype(dtype, np.floating)):
+        msg = (
+            f"{where} has dtype {dtype}; expected unsigned integer (uint8, uint16) or float (float16, float32) "
+            "tiles."
+        )
+        raise ContractError(msg)
+
+
+def _check_tiles(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    *,
+    where: str,
+    n_channels: int | None = None,
+    factor: int | None = None,
+) -> None:
+    """Raise unless ``shape`` is ``(n, C, H, W)`` with the expected channels and H, W divisible by ``factor``."""
+    if len(shape) != 4:
+        msg = f"{where} must be 4-d (tiles x channels x height x width), found shape {tuple(shape)}."
+        raise ContractError(msg)
+    _check_dtype(np.dtype(dtype), where=where)
+    if n_channels is not None and shape[1] != n_channels:
+        msg = f"{where} has {shape[1]} channels (shape {tuple(shape)}); this ImageVAE takes {n_channels}."
+        raise ContractError(msg)
+    if factor is not None and (shape[2] % factor or shape[3] % factor):
+        msg = (
+            f"{where} has tiles of {shape[2]} x {shape[3]} pixels; height and width must be divisible by the "
+            f"autoencoder's downsampling factor {factor}. Crop or pad the tiles (or choose a preset with a "
+            "smaller factor)."
+        )
+        raise ContractError(msg)
+
+
+def _check_finite(images: Any, *, where: str) -> None:
+    if not np.issubdtype(images.dtype, np.floating):
+        return
+    for start in range(0, images.shape[0], _CHUNK_TILES):
+        if not np.isfinite(np.asarray(images[start : start + _CHUNK_TILES])).all():
+            msg = f"{where} has non-finite values (NaN or inf); expected finite tiles."
+            raise ContractError(msg)
+
+
+def _to_torch(tiles: np.ndarray) -> torch.Tensor:
+    """Raw tiles as a tensor torch can index and move (uint8 and float16/32 kept; uint16/32 widened)."""
+    tiles = np.ascontiguousarray(tiles)
+    if tiles.dtype in (np.uint8, np.float16, np.float32):
+        return torch.from_numpy(tiles)
+    if np.issubdtype(tiles.dtype, np.unsignedinteger):
+        return torch.from_numpy(tiles.astype(np.int64 if tiles.dtype.itemsize >= 4 else np.int32))
+    return torch.from_numpy(tiles.astype(np.float32))
+
+
+def _fit_rows(n: int, limit: int = _N_FIT_TILES) -> np.ndarray:
+    """At most ``limit`` evenly spaced row positions out of ``n`` (deterministic)."""
+    return (
+        np.unique(np.linspace(0, n - 1, num=min(n, limit)).round().astype(np.int64))
+        if n
+        else np.zeros(0, int)
+    )
+
+
+def _intensity_range(images: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per-channel ``(low, high, clip)``: an unsigned dtype's range, or robust percentiles of float tiles."""
+    n_channels = images.shape[1]
+    if np.issubdtype(images.dtype, np.unsignedinteger):
+        high = float(np.iinfo(images.dtype).max)
+        return np.zeros(n_channels, np.float32), np.full(n_channels, high, np.float32), True
+    sample = np.asarray(images[np.sort(rows)], dtype=np.float32)  # (n, C, H, W)
+    values = np.moveaxis(sample, 1, 0).reshape(n_channels, -1)
+    low, high = np.percentile(values, ROBUST_PERCENTILES, axis=1).astype(np.float32)
+    flat = high <= low
+    high[flat] = low[flat] + 1.0  # a constant channel: any non-empty range
+    return low, high, False
+
+
+def _bare_registry(images_key: str, split_key: str | None) -> dict[str, Any]:
+    """The registry of a model that has no AnnData (loaded from a pretrained directory)."""
+    import scvi
+    from scvi.data import _constants as sc
+
+    return {
+        sc._SCVI_VERSION_KEY: scvi.__version__,
+        sc._MODEL_NAME_KEY: "ImageVAE",
+        sc._SETUP_METHOD_NAME: "setup_anndata",
+        sc._SETUP_ARGS_KEY: {"images_key": images_key, "split_key": split_key},
+        sc._FIELD_REGISTRIES_KEY: {},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# training pieces
+# ---------------------------------------------------------------------------------------------------
+class _Tiles(Dataset):
+    """Tiles of given rows of an in-memory ``(n, C, H, W)`` array, as ``{'images': raw tensor}`` items."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray) -> None:
+        self.images, self.rows = images, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"images": _to_torch(self.images[self.rows[i]])}
+
+
+class _TileBatches(Dataset):
+    """Whole training batches keyed by ``(epoch, step)``: the epoch's order is drawn from ``(seed, epoch)``.
+
+    Keyed draws make a resumed run (:mod:`morphomu.train._checkpoint`) see exactly the batches the
+    interrupted one would have seen.
+    """
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int) -> None:
+        self.images, self.rows, self.batch_size, self.seed = images, rows, batch_size, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        from ..train._set_data import keyed_seed
+
+        epoch, step = key
+        order = np.random.default_rng(keyed_seed(self.seed, epoch)).permutation(self.rows)
+        rows = np.sort(order[step * self.batch_size : (step + 1) * self.batch_size])
+        return {"images": _to_torch(np.asarray(self.images[rows]))}
+
+
+class TileDataModule(LightningDataModule):
+    """Train (keyed-shuffled, resumable) and validation loaders over the tiles of an AnnData's ``.obsm``.
+
+    Under DDP Lightning shards the loaders with its distributed sampler.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        *,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.images, self.train_rows, self.val_rows = images, train_rows, val_rows
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.n_train, self.n_val = len(train_rows), len(val_rows)
+
+    def _loader(self, rows: np.ndarray, *, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            _Tiles(self.images, rows),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(int(self.seed)) if shuffle else None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled train tiles, one batch per ``(epoch, step)`` key."""
+        from ..train._set_data import epoch_loader
+
+        batches = _TileBatches(self.images, self.train_rows, batch_size=self.batch_size, seed=self.seed)
+        return epoch_loader(batches, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation tiles in order (none when there are no validation rows)."""
+        return self._loader(self.val_rows, shuffle=False) if self.n_val else []
+
+
+class ImageVAETrainingPlan(LossTrainingPlan):
+    """Logs the loss and the reconstruction error per epoch, for training and validation tiles."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One step: loss + per-epoch ``train_loss``, ``train_reconstruction``, ``train_kl``."""
+        _, _, out = self.forward(batch)
+        self._log("train", out)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """``validation_loss``, ``validation_reconstruction``, ``validation_kl`` per epoch."""
+        _, _, out = self.forward(batch)
+        self._log("validation", out)
+
+    def _log(self, stage: str, out: Any) -> None:
+        metrics = {
+            f"{stage}_loss": out.loss,
+            f"{stage}_reconstruction": out.extra_metrics["reconstruction"],
+            f"{stage}_kl": out.extra_metrics["kl"],
+        }
+        for name, value in metrics.items():
+            self.log(
+                name,
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name.endswith("loss"),
+                batch_size=out.n_obs_minibatch,
+                sync_dist=self.use_sync_dist,
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------------
+class ImageVAE(MorphomuModel):
+    """Variational autoencoder for n-channel image tiles: a diffusers ``AutoencoderKL``.
+
+    The image autoencoder of latent diffusion (TRIDENT takes Stable Diffusion's, pre-trained). Tiles keep
+    all their channels (Cell Painting has 5; never squashed to RGB). Intensities map to ``[-1, 1]`` per
+    channel: an unsigned integer dtype's full range (``0 .. 255`` for uint8), or, for float tiles, robust
+    per-channel percentiles (:data:`ROBUST_PERCENTILES`) of the train tiles, fit at the first training and
+    stored. :meth:`encode` returns the posterior means times :attr:`scaling_factor`, fit when training ends
+    so that latents have about unit variance (Stable Diffusion's convention); :meth:`decode` inverts it and
+    returns tiles in the input's units.
+
+    Training minimises the reconstruction error (L1 or MSE on ``[-1, 1]`` tiles) plus ``kl_weight`` x KL,
+    Stable Diffusion's autoencoder objective without its perceptual (LPIPS) and adversarial terms: both
+    need pretrained networks (VGG, a discriminator's features) that cannot be downloaded here, so
+    reconstructions are somewhat blurrier than with the full objective. A pretrained Stable Diffusion VAE
+    can be loaded instead with :meth:`from_pretrained` when its channel count fits.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`; ``None`` only with ``registry`` (how
+        :meth:`from_pretrained` and :meth:`load` build a model without data).
+    preset
+        ``'paper'`` (Stable Diffusion's VAE layout: widths (128, 256, 512, 512), 2 blocks per level,
+        4 latent channels, factor 8), ``'fast'`` ((32, 64, 128), factor 4) or ``'tiny'`` ((16, 32), factor
+        2; tests). The sizes below override it one by one.
+    latent_channels
+        Channels of the latent grid.
+    block_out_channels
+        Width of each resolution level; the downsampling factor is ``2 ** (len(block_out_channels) - 1)``.
+    layers_per_block
+        ResNet blocks per level.
+    reconstruction
+        ``'l1'`` (Stable Diffusion's) or ``'mse'``.
+    n_channels
+        Channels per tile; taken from the data when ``adata`` is given.
+    autoencoder_config
+        A complete diffusers ``AutoencoderKL`` configuration, overriding the preset and sizes (set by
+        :meth:`from_pretrained`).
+    registry
+        scvi-tools registry of a model without data (internal).
+
+    Examples
+    --------
+    >>> import morphomu as mm
+    >>> mdata = mm.datasets.simulate_scgenescope(
+    ...     n_img_cells=500, n_rna_cells=500, with_images=True
+    ... )  # doctest: +SKIP
+    >>> img = mdata["img"]  # doctest: +SKIP
+    >>> mm.models.ImageVAE.setup_anndata(img)  # doctest: +SKIP
+    >>> vae = mm.models.ImageVAE(img, preset="tiny")  # doctest: +SKIP
+    >>> vae.train(max_epochs=5)  # doctest: +SKIP
+    >>> latents = vae.encode(img.obsm["images"][:8])  # (8, 4, H / 2, W / 2)  # doctest: +SKIP
+    >>> tiles = vae.decode(latents)  # doctest: +SKIP
+    """
+
+    _module_cls = ImageVAEModule
+    _training_plan_cls = ImageVAETrainingPlan
+    _data_splitter_cls = TileDataModule
+    _train_runner_cls = TrainRunner
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        *,
+        preset: Literal["paper", "fast", "tiny"] = "fast",
+        latent_channels: int | None = None,
+        block_out_channels: tuple[int, ...] | None = None,
+        layers_per_block: int | None = None,
+        reconstruction: Literal["l1", "mse"] = "l1",
+        n_channels: int | None = None,
+        autoencoder_config: dict[str, Any] | None = None,
+        registry: dict[str, Any] | None = None,
+    ) -> None:
+        if preset not in IMAGE_VAE_PRESETS:
+            msg = f"preset={preset!r}: choose one of {sorted(IMAGE_VAE_PRESETS)}."
+            raise MorphomuError(msg)
+        if reconstruction not in ("l1", "mse"):
+            msg = f"reconstruction={reconstruction!r}: choose 'l1' or 'mse'."
+            raise MorphomuError(msg)
+        if adata is None and registry is None:
+            msg = (
+                "ImageVAE needs data: call ImageVAE.setup_anndata(adata) and ImageVAE(adata, ...), or load "
+                "weights with ImageVAE.from_pretrained(path) / ImageVAE.load(path)."
+            )
+            raise MorphomuError(msg)
+        super().__init__(adata, registry=registry)
+        if adata is not None:
+            images = adata.obsm[self.setup_args["images_key"]]
+            if n_channels is not None and int(n_channels) != images.shape[1]:
+                msg = f"n_channels={n_channels} but the registered tiles have {images.shape[1]} channels."
+                raise MorphomuError(msg)
+            n_channels = int(images.shape[1])
+        if autoencoder_config is None:
+            if n_channels is None:
+                msg = "n_channels is needed to build an ImageVAE without data."
+                raise MorphomuError(msg)
+            given = {
+                "latent_channels": latent_channels,
+                "block_out_channels": block_out_channels,
+                "layers_per_block": layers_per_block,
+            }
+            sizes = {**IMAGE_VAE_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+            sizes["block_out_channels"] = tuple(int(c) for c in sizes["block_out_channels"])
+            if (
+                int(sizes["latent_channels"]) < 1
+                or int(sizes["layers_per_block"]) < 1
+                or not sizes["block_out_channels"]
+                or min(sizes["block_out_channels"]) < 1
+            ):
+                msg = (
+                    f"latent_channels, layers_per_block and block_out_channels must be positive, got {sizes}."
+                )
+                raise MorphomuError(msg)
+            config = autoencoder_config_for(int(n_channels), sizes)
+        else:
+            config = {k: v for k, v in dict(autoencoder_config).items() if not k.startswith("_")}
+            n_channels = int(config["in_channels"])
+        self.preset = preset
+        self.module = ImageVAEModule(config, reconstruction=reconstruction)
+        if adata is not None:
+            images = adata.obsm[self.setup_args["images_key"]]
+            _check_tiles(
+                images.shape,
+                images.dtype,
+                where=f"adata.obsm[{self.setup_args['images_key']!r}]",
+                factor=self.downsample_factor,
+            )
+        cfg = self.module.autoencoder.config
+        self._model_summary_string = (
+            f"ImageVAE ({preset if autoencoder_config is None else 'pretrained'}) with "
+            f"{sum(p.numel() for p in self.module.parameters()):,} parameters: {self.n_channels} channels -> "
+            f"{self.latent_channels} latent channels, downsampling x{self.downsample_factor}, "
+            f"block_out_channels={tuple(cfg.block_out_channels)}, layers_per_block={cfg.layers_per_block}."
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def autoencoder(self) -> Any:
+        """The diffusers ``AutoencoderKL``."""
+        return self.module.autoencoder
+
+    @property
+    def n_channels(self) -> int:
+        """Channels per tile."""
+        return self.module.n_channels
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent grid."""
+        return self.module.latent_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        """Tile side divided by latent side."""
+        return self.module.downsample_factor
+
+    @property
+    def scaling_factor(self) -> float:
+        """Factor applied to posterior means by :meth:`encode` (latents of about unit variance)."""
+        return float(self.module.scaling_factor)
+
+    @property
+    def intensity_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel input values that map to -1 and 1."""
+        return self.module.intensity_low.cpu().numpy(), self.module.intensity_high.cpu().numpy()
+
+    def get_var_names(self, legacy_mudata_format: bool = False) -> np.ndarray:
+        """Channel names (``'0'``, ``'1'``, ...): tiles have no features; the AnnData's ``var`` is not used."""
+        return np.arange(self.n_channels).astype(str)
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        *,
+        images_key: str = C.IMAGES_KEY,
+        split_key: str | None = C.SPLIT_KEY,
+        **kwargs: Any,
+    ) -> None:
+        """Register an AnnData whose ``.obsm[images_key]`` holds tiles ``(n, C, H, W)``.
+
+        Checks before registering: the key exists, the tiles are 4-d, unsigned integer or float, and
+        finite. (Divisibility of H and W by the downsampling factor is checked when the model is built.)
+
+        Parameters
+        ----------
+        adata
+            One modality, e.g. ``mdata['img']``.
+        images_key
+            ``.obsm`` key of the tiles (uint8, uint16, float16 or float32).
+        split_key
+            obs column with split labels: training uses the ``train`` tiles and reports the validation loss
+            on the ``val`` tiles. When the column is absent (or ``None``) every tile is used for training
+            and there is no validation.
+        **kwargs
+            Passed to scvi-tools' registration (``source_registry`` when loading).
+        """
+        from anndata import AnnData
+
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if not isinstance(adata, AnnData):
+            msg = f"adata must be an AnnData, got {type(adata).__name__}" + (
+                " (pass one modality, e.g. mdata['img'])." if type(adata).__name__ == "MuData" else "."
+            )
+            raise ContractError(msg)
+        if not isinstance(images_key, str) or images_key not in adata.obsm:
+            msg = (
+                f"images_key={images_key!r} is not in adata.obsm; its keys are {sorted(adata.obsm.keys())}. "
+                "Tiles go in .obsm as an (n, C, H, W) array."
+            )
+            raise ContractError(msg)
+        images = adata.obsm[images_key]
+        where = f"adata.obsm[{images_key!r}]"
+        _check_tiles(tuple(images.shape), images.dtype, where=where)
+        if adata.n_obs == 0:
+            msg = "adata has no tiles."
+            raise ContractError(msg)
+        _check_finite(images, where=where)
+        manager = AnnDataManager(fields=[], setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    # ------------------------------------------------------------------ training
+    def _rows(self) -> tuple[np.ndarray, np.ndarray]:
+        adata, split_key = self.adata, self.setup_args["split_key"]
+        if split_key is None or split_key not in adata.obs.columns:
+            return np.arange(adata.n_obs), np.zeros(0, dtype=np.int64)
+        split = adata.obs[split_key].astype(str).to_numpy()
+        train, val = np.flatnonzero(split == C.TRAIN), np.flatnonzero(split == C.VAL)
+        if train.size == 0:
+            msg = (
+                f"adata.obs[{split_key!r}] (split_key) has no {C.TRAIN!r} tiles (found {sorted(set(split))}); "
+                "run mm.pp.assign_split, or set up with split_key=None to train on every tile."
+            )
+            raise ContractError(msg)
+        return train, val
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        kl_weight: float = 1e-6,
+        weight_decay: float = 0.0,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str | Any | None = None,
+        precision: str | int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int = 1000,
+        ckpt_path: str | os.PathLike | None = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        """Train with AdamW on the ``train`` tiles; the reconstruction error is logged every epoch.
+
+        ``history_`` holds per-epoch ``train_loss`` / ``train_reconstruction`` / ``train_kl`` and, when there
+        are ``val`` tiles, ``validation_loss`` / ``validation_reconstruction`` / ``validation_kl``. When
+        training ends the latent scaling factor is refit on (up to 1024) train tiles.
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs; default 100 (``paper``), 50 (``fast``), 20 (``tiny``).
+        batch_size
+            Tiles per step and device; default 16 (``paper``), 32 otherwise.
+        lr
+            Learning rate; default 1e-4 (``paper``), 1e-3 (``fast``), 2e-3 (``tiny``).
+        kl_weight
+            Weight of the KL term (Stable Diffusion's autoencoder: 1e-6, with errors summed per tile; see
+            :meth:`morphomu.module._image_vae.ImageVAEModule.loss`).
+        weight_decay
+            AdamW weight decay.
+        accelerator
+            Lightning accelerator.
+        devices
+            Lightning devices.
+        strategy
+            Lightning strategy, e.g. ``'ddp'``.
+        precision
+            Lightning precision, e.g. ``'bf16-mixed'``.
+        seed
+            Seed of the tile order. Weight initialisation and posterior draws follow torch's global seed
+            (``scvi.settings.seed``).
+        num_workers
+            Data-loader workers.
+        checkpoint_dir
+            Directory for resumable checkpoints (``last.ckpt``: weights, optimiser, random state and the
+            position in the epoch; :mod:`morphomu.train._checkpoint`).
+        checkpoint_every_n_steps
+            Optimiser steps between checkpoints.
+        ckpt_path
+            ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it), or a ``.ckpt`` path.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``).
+        """
+        from ..train._checkpoint import Checkpointing
+
+        if self.adata is None:
+            msg = (
+                "this ImageVAE has no data (it was loaded from a pretrained directory or without AnnData); "
+                "set up an AnnData with ImageVAE.setup_anndata and build a model on it to train."
+            )
+            raise MorphomuError(msg)
+        defaults = TRAIN_DEFAULTS[self.preset]
+        max_epochs = int(defaults["max_epochs"] if max_epochs is None else max_epochs)
+        batch_size = int(defaults["batch_size"] if batch_size is None else batch_size)
+        lr = float(defaults["lr"] if lr is None else lr)
+        if max_epochs < 1 or batch_size < 1 or lr <= 0 or kl_weight < 0:
+            msg = (
+                "max_epochs, batch_size and lr must be positive and kl_weight >= 0, got "
+                f"{max_epochs}, {batch_size}, {lr}, {kl_weight}."
+            )
+            raise MorphomuError(msg)
+        run = {"model": type(self).__name__, "preset": self.preset, "max_epochs": max_epochs}
+        run |= {"batch_size": batch_size, "lr": lr, "kl_weight": float(kl_weight), "seed": int(seed)}
+        checkpoints = Checkpointing.from_args(
+            checkpoint_dir, every_n_steps=checkpoint_every_n_steps, ckpt_path=ckpt_path, config=run
+        )
+        images_key = self.setup_args["images_key"]
+        images = self.adata.obsm[images_key]
+        _check_tiles(
+            tuple(images.shape),
+            images.dtype,
+            where=f"adata.obsm[{images_key!r}]",
+            n_channels=self.n_channels,
+            factor=self.downsample_factor,
+        )
+        train_rows, val_rows = self._rows()
+        if not self.is_trained_:  # the intensity mapping is fit once, on train tiles
+            low, high, clip = _intensity_range(images, train_rows[_fit_rows(train_rows.size)])
+            with torch.no_grad():
+                self.module.intensity_low.copy_(torch.from_numpy(low))
+                self.module.intensity_high.copy_(torch.from_numpy(high))
+                self.module.clip_output.fill_(clip)
+        self.module.kl_weight = float(kl_weight)
+        datamodule = TileDataModule(
+            images,
+            train_rows=train_rows,
+            val_rows=val_rows,
+            batch_size=batch_size,
+            seed=seed,
+            num_workers=num_workers,
+        )
+        plan = self._training_plan_cls(
+            self.module, optimizer="AdamW", lr=lr, weight_decay=weight_decay, eps=1e-8
+        )
+        kwargs: dict[str, Any] = {"check_val_every_n_epoch": 1, "early_stopping": False, **trainer_kwargs}
+        if strategy is not None:
+            kwargs["strategy"] = strategy
+        if precision is not None:
+            kwargs["precision"] = precision
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=datamodule,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            **checkpoints.trainer_kwargs(kwargs),
+        )
+        runner()
+        self.module.eval()
+        self._fit_scaling_factor(images, train_rows[_fit_rows(train_rows.size)])
+
+    @torch.inference_mode()
+    def _fit_scaling_factor(self, images: Any, rows: np.ndarray) -> None:
+        """Set the scaling factor to 1 / std of the posterior means of the given tiles."""
+        module = self.module.eval()
+        device = self.device
+        total, total_sq, count = 0.0, 0.0, 0
+        for start in range(0, rows.size, _CHUNK_TILES):
+            x = module.normalize(
+                _to_torch(np.asarray(images[np.sort(rows[start : start + _CHUNK_TILES])])).to(device)
+            )
+            mean = module.autoencoder.encode(x).latent_dist.mean.double()
+            total += float(mean.sum())
+            total_sq += float(mean.square().sum())
+            count += mean.numel()
+        var = total_sq / count - (total / count) ** 2
+        factor = 1.0 / max(np.sqrt(max(var, 0.0)), 1e-8)
+        module.scaling_factor.fill_(factor)
+        module.autoencoder.register_to_config(scaling_factor=factor)
+
+    # ------------------------------------------------------------------ encode / decode
+    def _check_ready(self) -> None:
+        if not self.is_trained_:
+            msg = "the ImageVAE is not trained; call .train() first (or load one with ImageVAE.from_pretrained)."
+            raise MorphomuError(msg)
+
+    def encode(self, images: Any, *, batch_size: int = 256) -> np.ndarray:
+        """Scaled latent means of tiles.
+
+        Parameters
+        ----------
+        images
+            Tiles ``(n, C, H, W)`` in the units the model was trained on (a numpy array, or an on-disk
+            array such as zarr / h5py, read ``batch_size`` tiles at a time).
+        batch_size
+            Tiles encoded together.
+
+        Returns
+        -------
+        float32 array ``(n, latent_channels, H / downsample_factor, W / downsample_factor)``: the posterior
+        means times :attr:`scaling_factor`.
+        """
+        self._check_ready()
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+            images = np.asarray(images)
+        _check_tiles(
+            tuple(images.shape),
+            images.dtype,
+            where="images",
+            n_channels=self.n_channels,
+            factor=self.downsample_factor,
+        )
+        if int(batch_size) < 1:
+            msg = f"batch_size must be positive, got {batch_size}."
+            raise MorphomuError(msg)
+        n, _, h, w = images.shape
+        f = self.downsample_factor
+        out = np.empty((n, self.latent_channels, h // f, w // f), dtype=np.float32)
+        module = self.module.eval()
+        device = self.device
+        with torch.inference_mode():
+            for start in range(0, n, int(batch_size)):
+                x = module.normalize(
+                    _to_torch(np.asarray(images[start : start + int(batch_size)])).to(device)
+                )
+                out[start : start + x.shape[0]] = module.encode_mean(x).float().cpu().numpy()
+        return out
+
+    def decode(self, latents: Any, *, batch_size: int = 256) -> np.ndarray:
+        """Tiles from scaled latents (the inverse of :meth:`encode`).
+
+        Parameters
+        ----------
+        latents
+            ``(n, latent_channels, h, w)`` scaled latents (e.g. from :meth:`encode` or a latent diffusion
+            model).
+        batch_size
+            Latents decoded together.
+
+        Returns
+        -------
+        float32 array ``(n, C, h * downsample_factor, w * downsample_factor)`` in the input's units (clipped
+        to the dtype's range for models trained on integer tiles).
+        """
+        self._check_ready()
+        latents = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            msg = (
+                f"latents must be (n, {self.latent_channels}, h, w) (latent_channels={self.latent_channels}), "
+                f"found shape {latents.shape}."
+            )
+            raise ContractError(msg)
+        if not np.issubdtype(latents.dtype, np.floating) or not np.isfinite(latents).all():
+            msg = f"latents must be finite floats, found dtype {latents.dtype} or non-finite values."
+            raise ContractError(msg)
+        if int(batch_size) < 1:
+            msg = f"batch_size must be positive, got {batch_size}."
+            raise MorphomuError(msg)
+        n, _, h, w = latents.shape
+        f = self.downsample_factor
+        out = np.empty((n, self.n_channels, h * f, w * f), dtype=np.float32)
+        module = self.module.eval()
+        device = self.device
+        with torch.inference_mode():
+            for start in range(0, n, int(batch_size)):
+                z = torch.from_numpy(latents[start : start + int(batch_size)].astype(np.float32)).to(device)
+                out[start : start + z.shape[0]] = module.denormalize(module.decode_scaled(z)).cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------ pretrained weights, save / load
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        n_channels: int | None = None,
+        intensity_range: tuple[float, float] | None = None,
+    ) -> ImageVAE:
+        """Load a diffusers ``AutoencoderKL`` directory or a directory written by :meth:`save`.
+
+        A diffusers directory holds ``config.json`` and the weights (``diffusion_pytorch_model.safetensors``
+        or ``.bin``), e.g. Stable Diffusion's ``vae/`` folder (a pipeline directory with a ``vae/``
+        sub-folder also works). Nothing is downloaded: download the folder first and pass its path. The
+        model has no AnnData; :meth:`encode` and :meth:`decode` work without one.
+
+        Parameters
+        ----------
+        path
+            The directory.
+        n_channels
+            Channels the tiles have; checked against the configuration's ``in_channels`` /
+            ``out_channels`` (default: the configuration's).
+        intensity_range
+            Input values that map to -1 and 1 (every channel). For a diffusers directory the default is
+            ``(0, 255)``: Stable Diffusion's VAE was trained on 8-bit images mapped to ``[-1, 1]``. For a
+            directory written by :meth:`save` the default is the stored range.
+
+        Returns
+        -------
+        A trained (``is_trained_``) ImageVAE whose :attr:`scaling_factor` is the configuration's.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            msg = f"path={str(path)!r} is not a directory; expected a diffusers AutoencoderKL folder or an ImageVAE.save one."
+            raise MorphomuError(msg)
+        if (path / MANIFEST).is_file():
+            model = cls.load(path)
+            if n_channels is not None and int(n_channels) != model.n_channels:
+                msg = (
+                    f"path={str(path)!r} holds an ImageVAE for {model.n_channels}-channel tiles; expected "
+                    f"n_channels={n_channels}."
+                )
+                raise MorphomuError(msg)
+        else:
+            config_dir = path
+            if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+                config_dir = path / "vae"
+            config_file = config_dir / "config.json"
+            if not config_file.is_file():
+                msg = (
+                    f"path={str(path)!r} has no config.json (nor vae/config.json): expected a diffusers "
+                    "AutoencoderKL directory (config.json + diffusion_pytorch_model.safetensors), e.g. Stable "
+                    "Diffusion's vae/ folder, or a directory written by ImageVAE.save."
+                )
+                raise MorphomuError(msg)
+            try:
+                config = json.loads(config_file.read_text())
+            except ValueError as e:
+                msg = f"{config_file} is not valid JSON ({e})."
+                raise MorphomuError(msg) from None
+            class_name = config.get("_class_name", "AutoencoderKL")
+            if class_name != "AutoencoderKL":
+                msg = f"{config_file} describes a {class_name}, not an AutoencoderKL."
+                raise MorphomuError(msg)
+            c_in, c_out = config.get("in_channels", 3), config.get("out_channels", 3)
+            expected = int(c_in) if n_channels is None else int(n_channels)
+            if c_in != expected or c_out != expected:
+                msg = (
+                    f"the autoencoder at path={str(config_dir)!r} takes in_channels={c_in} and gives "
+                    f"out_channels={c_out}, but n_channels={expected} is expected (tiles keep every channel; "
+                    "they are never squashed to RGB). Train an ImageVAE on your tiles instead, or pass a "
+                    f"model made for {expected} channels."
+                )
+                raise MorphomuError(msg)
+            from diffusers import AutoencoderKL
+
+            autoencoder = AutoencoderKL.from_pretrained(config_dir, local_files_only=True)
+            model = cls(
+                None,
+                n_channels=expected,
+                autoencoder_config=dict(autoencoder.config),
+                registry=_bare_registry(C.IMAGES_KEY, C.SPLIT_KEY),
+            )
+            model.module.autoencoder = autoencoder.float()
+            with torch.no_grad():
+                model.module.scaling_factor.fill_(float(autoencoder.config.scaling_factor))
+                model.module.intensity_low.fill_(0.0)
+                model.module.intensity_high.fill_(255.0)
+                model.module.clip_output.fill_(True)
+            model.is_trained_ = True
+            model.module.eval()
+        if intensity_range is not None:
+            low, high = (float(v) for v in intensity_range)
+            if not high > low:
+                msg = f"intensity_range must be (low, high) with high > low, got {intensity_range}."
+                raise MorphomuError(msg)
+            with torch.no_grad():
+                model.module.intensity_low.fill_(low)
+                model.module.intensity_high.fill_(high)
+        return model
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData | None = None,
+        *,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        **kwargs: Any,
+    ) -> ImageVAE:
+        """Load a model saved by :meth:`save`, optionally attached to an AnnData of the same channel count.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            Tiles to attach (set up with the saved keys; needed only to train further).
+        accelerator
+            Lightning accelerator to load onto.
+        device
+            Device to load onto.
+        prefix
+            File-name prefix used at save.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no saved anndata.*")
+            model = super().load(
+                dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix, **kwargs
+            )
+        if adata is not None:
+            key = model.setup_args["images_key"]
+            if key not in getattr(adata, "obsm", {}):
+                msg = f"adata.obsm has no {key!r} (the images_key this model was set up with)."
+                raise ContractError(msg)
+            images = adata.obsm[key]
+            _check_tiles(
+                tuple(images.shape),
+                images.dtype,
+                where=f"adata.obsm[{key!r}]",
+                n_channels=model.n_channels,
+                factor=model.downsample_factor,
+            )
+            model.adata = adata
+        model.module.eval()
+        return model
+
+
+def autoencoder_config_for(n_channels: int, sizes: dict[str, Any]) -> dict[str, Any]:
+    """The ``AutoencoderKL`` configuration of ``n_channels`` tiles at the given sizes."""
+    return autoencoder_config(
+        n_channels,
+        block_out_channels=tuple(sizes["block_out_channels"]),
+        layers_per_block=int(sizes["layers_per_block"]),
+        latent_channels=int(sizes["latent_channels"]),
+    )

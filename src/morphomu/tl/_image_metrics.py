@@ -1,0 +1,690 @@
+"""Image-set fidelity of generated morphology: FID, KID and Inception Score on multi-channel features.
+
+The field reports FID / KID / IS (TRIDENT's Tables 1-2) on ImageNet-Inception features of RGB
+projections of Cell Painting images; here every channel is kept: features are per-stain ViT embeddings
+(each stain embedded alone and concatenated, as ``X_vit``), any precomputed embedding, or interpretable
+morphology readouts. The statistics follow the reference implementations (pytorch-fid / torch-fidelity /
+torchmetrics) exactly, in float64.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .. import _constants as C
+from .._errors import ContractError, MorphomuError
+from .._uns import store
+from .._validation import check_obs_keys, check_rep, get_mod, get_rep
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+__all__ = ["frechet_distance", "image_metrics", "inception_score", "kernel_distance"]
+
+#: Row label of the all-tiles comparison in the per-group table.
+ALL = "all"
+#: Columns of :func:`image_metrics`' table, in order.
+COLUMNS = ("n_real", "n_generated", "fid", "kid_mean", "kid_std", "is_mean", "is_std", "is_real")
+
+
+def _as_matrix(x: Any, arg: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        msg = f"{arg} must be a 2-d array (samples x features), got shape {a.shape}."
+        raise ContractError(msg)
+    if not np.isfinite(a).all():
+        msg = f"{arg} has {int((~np.isfinite(a)).sum())} non-finite values; expected finite features."
+        raise ContractError(msg)
+    return a
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, minimum: int) -> None:
+    if x.shape[1] != y.shape[1]:
+        msg = f"x has {x.shape[1]} features but y has {y.shape[1]}; compare samples of one feature space."
+        raise ContractError(msg)
+    if len(x) < minimum or len(y) < minimum:
+        msg = f"need at least {minimum} samples on each side, got {len(x)} and {len(y)}."
+        raise ContractError(msg)
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
+    w, v = np.linalg.eigh((a + a.T) / 2.0)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two samples (the statistic of FID), in float64.
+
+    ``||mu_x - mu_y||^2 + tr(S_x) + tr(S_y) - 2 tr((S_x S_y)^(1/2))`` with the sample means and the
+    unbiased sample covariances (``np.cov``, as pytorch-fid and torchmetrics). The trace of the matrix
+    square root is computed exactly from symmetric problems, so no complex round-off arises (pytorch-fid
+    drops an imaginary part of ``scipy.linalg.sqrtm``) and singular covariances (fewer samples than
+    features) need no diagonal offset: as ``sum sqrt(eig(S_x^(1/2) S_y S_x^(1/2)))`` (the eigenvalues
+    of ``S_x S_y``; round-off negatives clipped), or, when the samples are fewer than the features, as the
+    sum of singular values of the ``n x m`` cross-Gram matrix of the centred samples divided by
+    ``sqrt((n - 1)(m - 1))``, which has the same value at a fraction of the cost for 5120-d ViT features.
+
+    Parameters
+    ----------
+    x, y
+        ``(n, d)`` and ``(m, d)`` feature arrays, at least two samples each.
+
+    Returns
+    -------
+    The distance (0 for identical samples; never negative).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import morphomu as mm
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 4))
+    >>> round(mm.tl.frechet_distance(x, x), 8)
+    0.0
+    >>> mm.tl.frechet_distance(x, x + 1.0) > 3.9
+    True
+    """
+    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
+    _check_pair(x, y, 2)
+    (n, d), m = x.shape, len(y)
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    a, b = x - mu_x, y - mu_y
+    trace_x, trace_y = float((a * a).sum() / (n - 1)), float((b * b).sum() / (m - 1))
+    if float(n) * m * min(n, m) < float(d) ** 3:
+        # fewer samples than features: S_x S_y = A'A B'B / c has the nonzero eigenvalues of (A B')(A B')' / c,
+        # so tr((S_x S_y)^(1/2)) is the nuclear norm of the n x m cross-Gram A B' / sqrt(c): exact and cheap
+        trace_sqrt = float(np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1)))
+    else:
+        s_x, s_y = a.T @ a / (n - 1), b.T @ b / (m - 1)
+        root = _psd_sqrt(s_x)
+        middle = root @ s_y @ root
+        eig = np.linalg.eigvalsh((middle + middle.T) / 2.0)
+        trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    diff = mu_x - mu_y
+    return max(float(diff @ diff + trace_x + trace_y - 2.0 * trace_sqrt), 0.0)
+
+
+def _poly_mmd(x: np.ndarray, y: np.ndarray, *, degree: int, gamma: float, coef: float) -> float:
+    """Unbiased MMD² with the polynomial kernel ``(gamma x.y + coef)^degree`` (equal-size samples)."""
+    m = len(x)
+    k_xx = (x @ x.T * gamma + coef) ** degree
+    k_yy = (y @ y.T * gamma + coef) ** degree
+    k_xy = (x @ y.T * gamma + coef) ** degree
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(within - 2.0 * k_xy.sum() / m**2)
+
+
+def kernel_distance(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Kernel Inception Distance: unbiased polynomial-kernel MMD² averaged over random subsets.
+
+    As torch-fidelity / torchmetrics (Bińkowski et al. 2018): ``n_subsets`` times, ``subset_size`` rows
+    are drawn without replacement from each sample and the unbiased MMD² with the kernel
+    ``k(a, b) = (gamma a.b + coef)^degree`` is computed; the mean and the (population) standard
+    deviation over subsets are returned. ``subset_size`` is capped at the smaller sample size.
+
+    Parameters
+    ----------
+    x, y
+        ``(n, d)`` and ``(m, d)`` feature arrays, at least two samples each.
+    n_subsets
+        Number of subsets (100 in torch-fidelity / torchmetrics).
+    subset_size
+        Rows per subset and side (1000 there), at most ``min(n, m)``.
+    degree, gamma, coef
+        The polynomial kernel; ``gamma=None`` is ``1 / d``.
+    seed
+        Seed of the subset draws.
+
+    Returns
+    -------
+    ``(mean, std)`` of the subset MMD² values (may be slightly negative: the estimator is unbiased).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from morphomu.tl._image_metrics import kernel_distance
+    >>> rng = np.random.default_rng(0)
+    >>> mean, std = kernel_distance(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)) + 1.0, n_subsets=10)
+    >>> mean > 0.1
+    True
+    """
+    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
+    _check_pair(x, y, 2)
+    for name, value in (("n_subsets", n_subsets), ("subset_size", subset_size), ("degree", degree)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            msg = f"{name} must be a positive integer, got {value!r}."
+            raise ContractError(msg)
+    m = min(int(subset_size), len(x), len(y))
+    if m < 2:
+        msg = f"subset_size must be at least 2, got {subset_size}."
+        raise ContractError(msg)
+    gamma = 1.0 / x.shape[1] if gamma is None else float(gamma)
+    rng = np.random.default_rng(seed)
+    scores = np.empty(int(n_subsets))
+    for i in range(int(n_subsets)):
+        xs = x if m == len(x) else x[rng.choice(len(x), m, replace=False)]
+        ys = y if m == len(y) else y[rng.choice(len(y), m, replace=False)]
+        scores[i] = _poly_mmd(xs, ys, degree=int(degree), gamma=gamma, coef=float(coef))
+    return float(scores.mean()), float(scores.std())
+
+
+def inception_score(probs: np.ndarray, *, n_splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """Inception Score of class probabilities: ``exp(E_x KL(p(y|x) || p(y)))`` over splits.
+
+    As torchmetrics: the rows are shuffled (``seed``), cut into ``n_splits`` near-equal parts (at most
+    one per row); per part ``p(y)`` is the mean row and the score the exponential of the mean
+    Kullback-Leibler divergence. Returns the mean and the (sample, ``ddof=1``; 0 for one part) standard
+    deviation over parts. The score lies in ``[1, n_classes]``.
+
+    Parameters
+    ----------
+    probs
+        ``(n, k)`` class probabilities (rows sum to 1).
+    n_splits
+        Number of parts.
+    seed
+        Seed of the shuffle.
+
+    Returns
+    -------
+    ``(mean, std)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from morphomu.tl._image_metrics import inception_score
+    >>> round(inception_score(np.eye(4)[np.arange(400) % 4], n_splits=1)[0], 6)  # confident, diverse
+    4.0
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) == 0:
+        msg = f"probs must be a non-empty (n, k) array of class probabilities, got shape {p.shape}."
+        raise ContractError(msg)
+    if not np.isfinite(p).all() or (p < 0).any():
+        msg = "probs must be finite and non-negative (class probabilities, e.g. a softmax of logits)."
+        raise ContractError(msg)
+    if not np.allclose(p.sum(1), 1.0, atol=1e-4):
+        msg = "probs rows must sum to 1 (class probabilities, e.g. a softmax of logits)."
+        raise ContractError(msg)
+    if not isinstance(n_splits, int | np.integer) or n_splits < 1:
+        msg = f"n_splits must be a positive integer, got {n_splits!r}."
+        raise ContractError(msg)
+    p = p[np.random.default_rng(seed).permutation(len(p))]
+    scores = []
+    for part in np.array_split(p, min(int(n_splits), len(p))):
+        marginal = part.mean(0, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(part > 0, part * (np.log(part) - np.log(marginal)), 0.0).sum(1)
+        scores.append(np.exp(kl.mean()))
+    scores = np.asarray(scores)
+    return float(scores.mean()), float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+
+class _Side:
+    """One side (real or generated): its AnnData (when any), tiles or features, and group labels."""
+
+    def __init__(self, data: Any, *, arg: str, images_key: str) -> None:
+        from anndata import AnnData
+
+        self.arg = arg
+        self.adata: AnnData | None = None
+        self.array: np.ndarray | None = None
+        if isinstance(data, AnnData):
+            self.adata = data
+            self.where = arg
+        elif isinstance(data, np.ndarray) or (hasattr(data, "__array__") and not hasattr(data, "mod")):
+            self.array = np.asarray(data)
+            self.where = arg
+            if self.array.ndim not in (2, 4) or 0 in self.array.shape:
+                msg = (
+                    f"{arg} as an array must be tiles (n, C, H, W) or features (n, d), non-empty; got shape "
+                    f"{self.array.shape}."
+                )
+                raise ContractError(msg)
+        else:
+            msg = f"{arg} must be an AnnData, a modality name, or an array of tiles / features; got {type(data).__name__}."
+            raise ContractError(msg)
+        self.images_key = images_key
+
+    @property
+    def n(self) -> int:
+        return self.adata.n_obs if self.adata is not None else len(self.array)
+
+    def has_tiles(self) -> bool:
+        if self.array is not None:
+            return self.array.ndim == 4
+        return self.images_key in self.adata.obsm or isinstance(self.adata.uns.get(self.images_key), Mapping)
+
+    def tiles_source(self) -> Any:
+        return self.array if self.array is not None else self.adata
+
+    def labels(self, key: str | None) -> np.ndarray | None:
+        if key is None or self.adata is None:
+            return None
+        check_obs_keys(self.adata, {"groupby/label_key": key}, mod=None)
+        return self.adata.obs[key].astype(str).to_numpy()
+
+
+def _resolve(real: Any, generated: Any, mod: str, images_key: str) -> tuple[_Side, _Side, MuData | None]:
+    from mudata import MuData
+
+    mdata = None
+    if isinstance(real, MuData):
+        mdata = real
+        real_data = get_mod(real, mod, arg="mod")
+        real_arg = f"mdata.mod[{mod!r}]"
+    else:
+        real_data, real_arg = real, "real"
+    if isinstance(generated, str):
+        if mdata is None:
+            msg = f"generated={generated!r} names a modality, which needs real to be a MuData; pass the data instead."
+            raise ContractError(msg)
+        gen_data = get_mod(mdata, generated, arg="generated")
+        gen_arg = f"mdata.mod[{generated!r}]"
+    elif isinstance(generated, MuData):
+        msg = "generated must be a modality name of real, an AnnData or an array; pick a modality (mdata['img_synthetic'])."
+        raise ContractError(msg)
+    else:
+        gen_data, gen_arg = generated, "generated"
+    if real_data is gen_data:
+        msg = f"real and generated are the same data ({real_arg}); compare two different sets."
+        raise ContractError(msg)
+    return (
+        _Side(real_data, arg=real_arg, images_key=images_key),
+        _Side(gen_data, arg=gen_arg, images_key=images_key),
+        mdata,
+    )
+
+
+def _readout_features(real: _Side, gen: _Side, images_key: str, readout_kwargs: Mapping[str, Any]) -> tuple:
+    from ._readouts import _ALWAYS_FINITE, compare_readouts
+
+    table = compare_readouts(
+        {"real": real.tiles_source(), "generated": gen.tiles_source()},
+        mod=None,
+        images_key=images_key,
+        groupby=None,
+        **dict(readout_kwargs),
+    )
+    cols = [*_ALWAYS_FINITE, *(c for c in table.columns if c.startswith("intensity_"))]
+    values = table[cols].to_numpy(np.float64)
+    is_real = (table["source"] == "real").to_numpy()
+    f_real, f_gen = values[is_real], values[~is_real]
+    # readouts have different units: z-score both sets with the real set's statistics (an affine map
+    # applied to both, so FID / KID still compare the same distributions, in comparable units)
+    mean, std = f_real.mean(0), f_real.std(0)
+    std[std == 0] = 1.0
+    return (f_real - mean) / std, (f_gen - mean) / std, cols
+
+
+def _vit_features(side: _Side, *, images_key: str, vit_kwargs: Mapping[str, Any]) -> np.ndarray:
+    import anndata as ad
+
+    from ..pp._embed_images import embed_images
+
+    if side.array is not None:
+        tmp = ad.AnnData(obs=pd.DataFrame(index=[f"t{i}" for i in range(side.n)]))
+        tmp.obsm[images_key] = side.array
+    else:
+        if images_key not in side.adata.obsm:
+            msg = (
+                f"features='vit' needs in-memory tiles in {side.where}.obsm[{images_key!r}]; for tiles in a "
+                f"zarr store run mm.pp.embed_images first and pass features='X_vit'."
+            )
+            raise ContractError(msg)
+        tmp = ad.AnnData(obs=pd.DataFrame(index=side.adata.obs_names.copy()))
+        tmp.obsm[images_key] = side.adata.obsm[images_key]
+        if images_key in side.adata.uns:
+            tmp.uns[images_key] = side.adata.uns[images_key]
+    embed_images(tmp, mod=None, images_key=images_key, key_added="features", progress=False, **vit_kwargs)
+    return tmp.obsm["features"].astype(np.float64)
+
+
+def _obsm_features(side: _Side, key: str) -> np.ndarray:
+    if side.adata is None:
+        msg = f"features={key!r} names an .obsm key, but {side.arg} is an array; pass AnnData or the features themselves."
+        raise ContractError(msg)
+    check_rep(side.adata, key, mod=None, arg="features")
+    return get_rep(side.adata, key, mod=None, arg="features", dtype=np.float64)
+
+
+# --- classifier for IS ------------------------------------------------------------------------------
+
+
+def _train_classifier(
+    features: np.ndarray, labels: np.ndarray, *, hparams: Any, seed: int, max_epochs: int | None
+) -> Any:
+    """A TreatmentClassifier (single-profile MLP) on the real features, 80 / 20 train / val by class."""
+    import anndata as ad
+    import mudata as md
+    import torch
+
+    from ..models._classifier import TreatmentClassifier
+
+    rng = np.random.default_rng(seed)
+    split = np.full(len(labels), C.TRAIN, dtype=object)
+    for value in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == value))
+        n_val = len(rows) // 5 if len(rows) >= 5 else 0
+        split[rows[:n_val]] = C.VAL
+    if not (split == C.VAL).any():  # tiny classes: validate on a random fifth overall
+        split[rng.permutation(len(labels))[: max(1, len(labels) // 5)]] = C.VAL
+    obs = pd.DataFrame(
+        {"label": labels, "sample": labels, "split": split}, index=[f"real{i}" for i in range(len(labels))]
+    )
+    from .._mudata import no_pull_on_update
+
+    adata = ad.AnnData(X=features.astype(np.float32), obs=obs)
+    with no_pull_on_update():
+        mdata = md.MuData({C.IMAGE_MOD: adata})
+    TreatmentClassifier.setup_mudata(
+        mdata, inputs=(C.IMAGE_MOD, None), target_key="label", sample_key="sample", split_key="split"
+    )
+    torch.manual_seed(seed)
+    model = TreatmentClassifier(mdata, setting="single", exclude=(), hparams=hparams)
+    model.train(max_epochs=max_epochs, progress=False, seed=seed, accelerator="cpu", devices=1)
+    return model
+
+
+def _probabilities(classifier: Any, features: np.ndarray) -> np.ndarray:
+    import torch
+
+    from ..models._classifier import TreatmentClassifier
+
+    if isinstance(classifier, TreatmentClassifier):
+        module = classifier.module.eval()
+        device = next(module.parameters()).device
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(features), 4096):
+                x = torch.as_tensor(features[start : start + 4096], dtype=torch.float32, device=device)
+                out.append(torch.softmax(module.logits([x]).double(), dim=1).cpu().numpy())
+        return np.concatenate(out)
+    probs = np.asarray(classifier(features.astype(np.float32)), dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(features):
+        msg = f"classifier returned shape {probs.shape}; expected (n_tiles, n_classes) probabilities."
+        raise ContractError(msg)
+    return probs
+
+
+def _check_classifier(classifier: Any, dim: int) -> None:
+    from ..models._classifier import TreatmentClassifier
+
+    if isinstance(classifier, TreatmentClassifier):
+        if not classifier.is_trained_:
+            msg = "classifier is not trained; call classifier.train() first."
+            raise MorphomuError(msg)
+        widths = classifier._n_features()
+        if len(widths) != 1 or widths[0] != dim:
+            msg = (
+                f"classifier takes inputs of widths {widths}, but the image features have {dim} columns; "
+                "give a single-input classifier trained on the same features."
+            )
+            raise ContractError(msg)
+    elif not callable(classifier):
+        msg = (
+            f"classifier must be a trained TreatmentClassifier or a callable returning class probabilities, "
+            f"got {type(classifier).__name__}."
+        )
+        raise ContractError(msg)
+
+
+# --- public tool ------------------------------------------------------------------------------------
+
+
+def image_metrics(
+    real: MuData | AnnData | np.ndarray,
+    generated: str | AnnData | np.ndarray = C.IMAGE_SYNTHETIC_MOD,
+    *,
+    mod: str = C.IMAGE_MOD,
+    features: str | None = None,
+    images_key: str = C.IMAGES_KEY,
+    checkpoint: str | os.PathLike | None = None,
+    model: str = "vit_large_patch16_224",
+    vit_kwargs: Mapping[str, Any] | None = None,
+    readout_kwargs: Mapping[str, Any] | None = None,
+    groupby: str | None = None,
+    label_key: str | None = C.TREATMENT_KEY,
+    classifier: Any = None,
+    classifier_hparams: str | Mapping[str, Any] = "fast",
+    classifier_epochs: int | None = None,
+    n_subsets: int = 100,
+    subset_size: int = 1000,
+    is_splits: int = 10,
+    seed: int = 0,
+    key_added: str = "image_metrics",
+) -> pd.DataFrame:
+    """FID, KID and Inception Score of generated images against real ones, overall and per group.
+
+    TRIDENT's image metrics (Tables 1-2), computed on features that keep every channel:
+
+    - ``features='vit'``: per-stain ViT embeddings from a local timm ``checkpoint``
+      (:func:`morphomu.pp.embed_images`: each stain embedded alone as a grey image, concatenated; never an
+      RGB projection of the stains);
+    - ``features=<.obsm key>``: an embedding already computed for both sets (e.g. ``'X_vit'``);
+    - ``features='readouts'``: the interpretable :func:`morphomu.tl.morphology_readouts` (cell count, area
+      occupied by nucleus / cell / cytoplasm, mean intensity per channel) of both sets, segmented by one
+      shared rule and z-scored with the real set's statistics. Needs no weights.
+
+    By default (``features=None``) arrays of features are used as given, otherwise ``'vit'`` when a
+    ``checkpoint`` is given and ``'readouts'`` when not (nothing is downloaded). The table records which.
+
+    FID is :func:`frechet_distance`, KID :func:`kernel_distance` (unbiased polynomial-kernel MMD², mean ±
+    std over ``n_subsets`` subsets of ``subset_size`` rows; torch-fidelity's and torchmetrics' estimator).
+    IS is :func:`inception_score` of a classifier's class probabilities on the generated features: the
+    ``classifier`` given, or a :class:`~morphomu.models.TreatmentClassifier` (single-profile MLP, preset
+    ``classifier_hparams``) trained here on the real features to predict ``obs[label_key]`` (80 / 20
+    train / validation split per class). IS is usually read higher-is-better, but **the TRIDENT paper reads
+    it lower-is-better**: "For IS, in this context, a lower score is preferable as it indicates that the
+    model has learned to consistently generate the specific, constrained phenotype for a given condition,
+    rather than an overly broad range of morphologies." ``is_real`` (the same score of the real tiles)
+    gives the reference to compare with. All three are biased at small sample sizes (FID strongly so):
+    compare sets of equal size, and read per-group rows of a few dozen tiles with care.
+
+    Parameters
+    ----------
+    real
+        The real images: a MuData (modality ``mod``), an AnnData, or an array of tiles ``(n, C, H, W)`` or
+        of features ``(n, d)``.
+    generated
+        The generated images: a modality name of ``real`` (a MuData), an AnnData or an array, of the same
+        kind as ``real``.
+    mod
+        Modality of the real images when ``real`` is a MuData.
+    features
+        ``'vit'``, ``'readouts'``, an ``.obsm`` key present in both sets, or ``None`` (see above).
+    images_key
+        ``.obsm`` key of the tiles in AnnData inputs.
+    checkpoint
+        Local weights of ``model`` for ``features='vit'``.
+    model
+        timm model name for ``features='vit'`` (ViT-L/16 as scGeneScope by default).
+    vit_kwargs
+        More arguments of :func:`morphomu.pp.embed_images` (``model_kwargs``, ``intensity_range``,
+        ``batch_size``, ``device``, ``precision``, ...).
+    readout_kwargs
+        More arguments of :func:`morphomu.tl.morphology_readouts` for ``features='readouts'``.
+    groupby
+        obs column present in both sets (e.g. ``'treatment'``): one row per group present in the generated
+        set, besides the overall row ``'all'``.
+    label_key
+        obs column of the real set with the classes of the IS classifier; ``None`` skips IS (NaN) unless
+        a ``classifier`` is given. Ignored for arrays (no labels: IS is NaN without a ``classifier``).
+    classifier
+        A trained single-input :class:`~morphomu.models.TreatmentClassifier` on these features, or a
+        callable mapping a float32 ``(n, d)`` feature array to ``(n, k)`` class probabilities.
+    classifier_hparams
+        Preset or overrides of the classifier trained here (see
+        :func:`~morphomu.models._classifier.resolve_hparams`).
+    classifier_epochs
+        Its maximum number of epochs (default the preset's).
+    n_subsets, subset_size
+        KID subsets (100 of 1000 in torch-fidelity / torchmetrics); the size is capped per comparison at
+        the smaller set.
+    is_splits
+        Parts of the IS (10 as usual).
+    seed
+        Seed of the KID subsets, the IS shuffle and the classifier.
+    key_added
+        Entry of ``real.uns['morphomu']`` written when ``real`` is a MuData (``table`` and ``params``).
+
+    Returns
+    -------
+    DataFrame indexed by group (``'all'`` first) with columns ``n_real``, ``n_generated``, ``fid``,
+    ``kid_mean``, ``kid_std``, ``is_mean``, ``is_std``, ``is_real``; ``table.attrs['features']`` says
+    which features were used. Groups with fewer than two tiles on a side get NaN.
+
+    Examples
+    --------
+    >>> import morphomu as mm
+    >>> table = mm.tl.image_metrics(mdata, "img_synthetic", groupby="treatment")  # doctest: +SKIP
+    >>> table.loc["all", ["fid", "kid_mean", "kid_std"]]  # doctest: +SKIP
+    >>> mm.tl.image_metrics(
+    ...     mdata, "img_synthetic", features="vit", checkpoint="~/weights/vit_large.safetensors"
+    ... )  # doctest: +SKIP
+    """
+    real_side, gen_side, mdata = _resolve(real, generated, mod, images_key)
+    for name, value in (("n_subsets", n_subsets), ("subset_size", subset_size), ("is_splits", is_splits)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            msg = f"{name} must be a positive integer, got {value!r}."
+            raise ContractError(msg)
+    if subset_size < 2:
+        msg = f"subset_size must be at least 2, got {subset_size}."
+        raise ContractError(msg)
+    if mdata is not None and (not isinstance(key_added, str) or not key_added):
+        msg = f"key_added must be a non-empty string, got {key_added!r}."
+        raise ContractError(msg)
+    both_features = (
+        real_side.array is not None
+        and gen_side.array is not None
+        and real_side.array.ndim == 2
+        and gen_side.array.ndim == 2
+    )
+    if features is None:
+        features = "given" if both_features else ("vit" if checkpoint is not None else "readouts")
+    elif not isinstance(features, str):
+        msg = f"features must be 'vit', 'readouts', an .obsm key or None, got {features!r}."
+        raise ContractError(msg)
+    if features in ("vit", "readouts"):
+        for side in (real_side, gen_side):
+            if not side.has_tiles():
+                msg = f"features={features!r} needs image tiles, but {side.where} has none (images_key={images_key!r})."
+                raise ContractError(msg)
+    if features == "vit" and checkpoint is None:
+        msg = "features='vit' needs checkpoint= (local weights of the ViT); or use features='readouts'."
+        raise MorphomuError(msg)
+    if features not in ("vit", "readouts", "given") and (real_side.adata is None or gen_side.adata is None):
+        msg = f"features={features!r} names an .obsm key, which needs AnnData / MuData inputs on both sides."
+        raise ContractError(msg)
+    if features == "given" and not both_features:
+        msg = "features='given' needs both real and generated as (n, d) feature arrays."
+        raise ContractError(msg)
+    real_groups = real_side.labels(groupby)
+    gen_groups = gen_side.labels(groupby)
+    if groupby is not None and (real_groups is None or gen_groups is None):
+        msg = f"groupby={groupby!r} needs obs on both sides; arrays have none."
+        raise ContractError(msg)
+    if groupby is not None:
+        missing = sorted(set(gen_groups) - set(real_groups))
+        if missing:
+            msg = f"generated groups {missing[:10]} (obs[{groupby!r}]) have no real tiles to compare with."
+            raise ContractError(msg)
+    class_labels = real_side.labels(label_key) if classifier is None else None
+    if classifier is None and class_labels is not None and len(np.unique(class_labels)) < 2:
+        msg = f"label_key={label_key!r}: the real set has one class only; IS needs at least two (or label_key=None)."
+        raise ContractError(msg)
+
+    # --- features -------------------------------------------------------------------------------------
+    if features == "vit":
+        vit = {"model": model, "checkpoint": checkpoint, **dict(vit_kwargs or {})}
+        f_real = _vit_features(real_side, images_key=images_key, vit_kwargs=vit)
+        f_gen = _vit_features(gen_side, images_key=images_key, vit_kwargs=vit)
+        columns = None
+    elif features == "readouts":
+        f_real, f_gen, columns = _readout_features(real_side, gen_side, images_key, readout_kwargs or {})
+    elif features == "given":
+        f_real = _as_matrix(real_side.array, "real")
+        f_gen = _as_matrix(gen_side.array, "generated")
+        columns = None
+    else:
+        f_real, f_gen, columns = _obsm_features(real_side, features), _obsm_features(gen_side, features), None
+    if f_real.shape[1] != f_gen.shape[1]:
+        msg = f"real features have {f_real.shape[1]} columns but generated ones {f_gen.shape[1]}."
+        raise ContractError(msg)
+    if classifier is not None:
+        _check_classifier(classifier, f_real.shape[1])
+
+    # --- IS classifier --------------------------------------------------------------------------------
+    model_ = classifier
+    if model_ is None and class_labels is not None:
+        model_ = _train_classifier(
+            f_real, class_labels, hparams=classifier_hparams, seed=seed, max_epochs=classifier_epochs
+        )
+    p_gen = _probabilities(model_, f_gen) if model_ is not None else None
+    p_real = _probabilities(model_, f_real) if model_ is not None else None
+
+    # --- the table ------------------------------------------------------------------------------------
+    groups: list[tuple[str, np.ndarray, np.ndarray]] = [(ALL, np.arange(len(f_real)), np.arange(len(f_gen)))]
+    if groupby is not None:
+        for g in pd.unique(gen_groups):
+            groups.append((str(g), np.flatnonzero(real_groups == g), np.flatnonzero(gen_groups == g)))
+    rows = {}
+    for name, r_rows, g_rows in groups:
+        row = dict.fromkeys(COLUMNS, np.nan)
+        row["n_real"], row["n_generated"] = len(r_rows), len(g_rows)
+        if len(r_rows) >= 2 and len(g_rows) >= 2:
+            row["fid"] = frechet_distance(f_real[r_rows], f_gen[g_rows])
+            row["kid_mean"], row["kid_std"] = kernel_distance(
+                f_real[r_rows], f_gen[g_rows], n_subsets=n_subsets, subset_size=subset_size, seed=seed
+            )
+        if p_gen is not None:
+            row["is_mean"], row["is_std"] = inception_score(p_gen[g_rows], n_splits=is_splits, seed=seed)
+            row["is_real"] = inception_score(p_real[r_rows], n_splits=is_splits, seed=seed)[0]
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")[list(COLUMNS)]
+    table.index.name = groupby or "group"
+    table[["n_real", "n_generated"]] = table[["n_real", "n_generated"]].astype(np.int64)
+    table.attrs["features"] = features
+    if mdata is not None:
+        params = {
+            "mod": mod,
+            "generated": generated if isinstance(generated, str) else "<data>",
+            "features": features,
+            "n_features": int(f_real.shape[1]),
+            "readout_columns": columns or [],
+            "model": model if features == "vit" else "None",
+            "checkpoint": str(checkpoint) if features == "vit" else "None",
+            "groupby": groupby,
+            "label_key": label_key,
+            "classifier": "given"
+            if classifier is not None
+            else ("trained" if model_ is not None else "None"),
+            "n_subsets": int(n_subsets),
+            "subset_size": int(subset_size),
+            "kid_kernel": "(x.y / d + 1)^3",
+            "is_splits": int(is_splits),
+            "is_reading": "lower is better in TRIDENT (consistent phenotype per condition)",
+            "seed": int(seed),
+        }
+        store(mdata, key_added, {"table": table, "params": params})
+    return table
