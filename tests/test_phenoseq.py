@@ -202,6 +202,23 @@ def test_classifier_free_guidance():
     assert model.module.null_context.abs().sum() > 0
 
 
+def test_mixed_precision_with_gradient_clipping_trains():
+    """bf16-mixed autocast + clipping 1.0: the optimiser is the multi-tensor AdamW (Lightning refuses a fused
+    one there) and the weights move and stay finite."""
+    mdata = small()
+    PhenoSeq.setup_mudata(mdata)
+    model = PhenoSeq(mdata, preset="tiny")
+    before = [p.detach().clone() for p in model.module.parameters()]
+    model.train(
+        max_epochs=1, batch_size=32, precision="bf16-mixed", accelerator="cpu", enable_progress_bar=False
+    )
+    optimizer = model.trainer.optimizers[0]
+    assert not optimizer.defaults.get("fused")
+    after = list(model.module.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
 # ------------------------------------------------------------------ save / load
 def test_save_load_in_a_fresh_process(trained, test_we_samples, tmp_path):
     model_dir, data_path, out_path = tmp_path / "model", tmp_path / "data.h5mu", tmp_path / "out.npy"

@@ -587,15 +587,15 @@ def read_scgenescope(
     ``{root}/features/rnaseq/{rnaseq}/round_{r}.h5ad`` (features in ``.obsm['scGPT']``) for every round,
     concatenates the rounds of each modality, and adds the canonical obs columns:
 
-    ============  ===========================================================================
-    ``sample``     ``Sample_ID`` (the pairing key of the two modalities)
-    ``treatment``  ``Treatment``, the control written ``'DMSO'`` (recognised in ``Treatment`` or
-                   ``Group`` as e.g. ``'DMSO'``, ``'dmso'``, ``'CONTROL'``, ``'vehicle'``)
-    ``replicate``  ``Replicate`` as a whole number (``'3'``, ``3`` and ``'Rep3'`` all give 3)
-    ``round``      the round of the file name
-    ``smiles``     from :func:`morphomu.datasets.compounds`; NaN (a missing categorical value,
-                   written to ``.h5mu`` as such) for treatments the table does not know
-    ============  ===========================================================================
+    ==============  ===========================================================================
+    ``sample``       ``Sample_ID`` (the pairing key of the two modalities)
+    ``treatment``    ``Treatment``, the control written ``'DMSO'`` (recognised in ``Treatment`` or
+                     ``Group`` as e.g. ``'DMSO'``, ``'dmso'``, ``'CONTROL'``, ``'vehicle'``)
+    ``replicate``    ``Replicate`` as a whole number (``'3'``, ``3`` and ``'Rep3'`` all give 3)
+    ``round``        the round of the file name
+    ``smiles``       from :func:`morphomu.datasets.compounds`; NaN (a missing categorical value,
+                     written to ``.h5mu`` as such) for treatments the table does not know
+    ==============  ===========================================================================
 
     All are categoricals (``replicate`` and ``round`` with integer categories). The release's own obs
     columns (``Sample_ID``, ``Treatment``, ``Replicate``, ``Group``, ``batch``, ``Seen``, ...) are kept

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ from .._errors import ContractError, MorphomuError, MorphomuWarning
 from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
 from ..module._classifier import DualMLPClassifier, MLPClassifier
 from ..pp._standardize import Standardizer
+from ..train._checkpoint import Checkpointing
 from ..train._classifier import (
     ClassifierDataModule,
     ClassifierTrainingPlan,
@@ -28,6 +30,7 @@ from ..train._classifier import (
     SamplePools,
     batch_loader,
 )
+from ..train._disk_cache import RowCache, use_disk_cache
 from ._base import MorphomuModel, feature_field
 
 if TYPE_CHECKING:
@@ -282,6 +285,15 @@ def _as_tensor(matrix: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
 
 
+def _matrix_key(matrix: Any) -> tuple:
+    """Identity of a matrix: its file and dataset when backed (a new object on every ``.X`` access), else the object."""
+    target = getattr(matrix, "group", matrix)  # anndata's backed sparse datasets wrap an h5py group
+    file, name = getattr(target, "file", None), getattr(target, "name", None)
+    if file is not None and isinstance(name, str):
+        return ("file", str(getattr(file, "filename", file)), name, tuple(matrix.shape))
+    return ("object", id(matrix))
+
+
 @contextlib.contextmanager
 def _quiet(enabled: bool) -> Iterator[None]:
     """Silence Lightning's start-up logging and data-loader hints when progress output is off."""
@@ -464,6 +476,33 @@ class TreatmentClassifier(MorphomuModel):
     def _obs(self, mdata: MuData, s: ClassifierInput, key: str) -> np.ndarray:
         return mdata.mod[s.mod].obs[self.setup_args[key]].astype(str).to_numpy()
 
+    def _inputs(self, mdata: MuData) -> list[Any]:
+        """Each input's matrix: a float32 tensor in memory, or a sample-sorted disk cache read by row.
+
+        The choice and the cache's options are those of the last :meth:`train` call (default: a cache
+        for a backed matrix). A cache is built once per matrix and reused by later calls (and, in
+        :func:`morphomu.tl.classify`, by the models of every seed and fold).
+        """
+        opts = self.__dict__.get(
+            "_cache_options", {"in_memory": None, "cache_dir": None, "cache_dtype": "float32"}
+        )
+        caches = self.__dict__.setdefault("_row_caches", {})
+        out: list[Any] = []
+        for s in self.specs:
+            adata = mdata.mod[s.mod]
+            matrix = _matrix(adata, s.rep)
+            if not use_disk_cache(matrix, adata.n_obs, in_memory=opts["in_memory"]):
+                out.append(_as_tensor(matrix))
+                continue
+            key = (*_matrix_key(matrix), opts["cache_dtype"])
+            if key not in caches:
+                samples = self._obs(mdata, s, "sample_key")  # sample-sorted: a population is one region
+                codes = pd.Index(sorted(set(samples))).get_indexer(samples)
+                cache = RowCache.build(matrix, codes, dtype=opts["cache_dtype"], directory=opts["cache_dir"])
+                caches[key] = (matrix, cache)  # the matrix keeps an id() key valid
+            out.append(caches[key][1].by_source_row())
+        return out
+
     def _train_classes(self, mdata: MuData) -> list[str]:
         target_key = self.setup_args["target_key"]
         per_input = []
@@ -610,6 +649,12 @@ class TreatmentClassifier(MorphomuModel):
         precision: str | int | None = None,
         num_workers: int = 0,
         progress: bool = True,
+        in_memory: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_dtype: Literal["float32", "float16"] = "float32",
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int = 1000,
+        ckpt_path: str | os.PathLike | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Train with AdamW and cross-entropy; keep the weights of the best validation balanced accuracy.
@@ -646,6 +691,26 @@ class TreatmentClassifier(MorphomuModel):
             Data-loader workers (the draws do not depend on it).
         progress
             Show Lightning's progress bar and start-up messages.
+        in_memory
+            ``True``: load each input matrix into memory. ``False``: write it, sorted by sample, to a
+            disk cache and read each batch's cells from it (bounded memory, for larger-than-memory
+            data). ``None`` (default): the cache for a backed matrix (``.X`` of a MuData read with
+            ``backed=True``) or one whose copy would take more than half of the available memory. Both
+            give the same examples; :meth:`predict` and :meth:`evaluate` use the same choice.
+        cache_dir
+            Directory of the disk caches (default a temporary directory); a cache is removed when the
+            model is garbage-collected.
+        cache_dtype
+            ``'float32'`` (the same values) or ``'float16'`` (half the disk and I/O).
+        checkpoint_dir
+            Directory for resumable checkpoints (``last.ckpt``: weights, optimiser, best validation
+            weights, early stopping, random generators, data position); ``None`` writes none.
+        checkpoint_every_n_steps
+            Optimiser steps between checkpoints.
+        ckpt_path
+            ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it when there is no
+            checkpoint yet), or a ``.ckpt`` path; the resumed run ends with the same weights as an
+            uninterrupted one. Use a fresh model created as the interrupted one was.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
         """
@@ -656,14 +721,42 @@ class TreatmentClassifier(MorphomuModel):
         if max_epochs < 1 or batch_size < 1 or (epoch_size is not None and int(epoch_size) < 1):
             msg = f"max_epochs, batch_size and epoch_size must be positive, got {max_epochs}, {batch_size}, {epoch_size}."
             raise MorphomuError(msg)
+        if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
+            msg = (
+                f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
+                f"{in_memory!r} and {cache_dtype!r}."
+            )
+            raise MorphomuError(msg)
+        run = {  # what defines the run: a checkpoint of another run is refused
+            "model": type(self).__name__,
+            "setting": self.setting,
+            "k": self.k,
+            "classes": list(self.classes_),
+            "hparams": dict(hp),
+            "max_epochs": max_epochs,
+            "batch_size": batch_size,
+            "epoch_size": epoch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "early_stopping": early_stopping,
+            "early_stopping_patience": early_stopping_patience,
+            "gradient_clip_val": gradient_clip_val,
+            "seed": seed,
+            "eval_seed": eval_seed,
+        }
+        checkpoints = Checkpointing.from_args(
+            checkpoint_dir, every_n_steps=checkpoint_every_n_steps, ckpt_path=ckpt_path, config=run
+        )
         mdata = self.adata
         self._check_data(mdata)
-        tensors = [_as_tensor(_matrix(mdata.mod[s.mod], s.rep)) for s in self.specs]
+        self._cache_options = {"in_memory": in_memory, "cache_dir": cache_dir, "cache_dtype": cache_dtype}
+        tensors = self._inputs(mdata)
         train, _, _ = self._examples(mdata, C.TRAIN, tensors)
         val, _, _ = self._examples(mdata, C.VAL, tensors)
         if not self.is_trained_:
             for i, pool in enumerate(train.pools):
-                scaler = Standardizer.fit(pool.data.numpy(), pool.order.numpy())
+                data = pool.data.numpy() if isinstance(pool.data, torch.Tensor) else pool.data
+                scaler = Standardizer.fit(data, pool.order.numpy())
                 self.module.set_standardization(i, scaler.mean, scaler.std)
         datamodule = self._data_splitter_cls(
             train=train,
@@ -707,7 +800,7 @@ class TreatmentClassifier(MorphomuModel):
                 max_epochs=max_epochs,
                 accelerator=accelerator,
                 devices=devices,
-                **kwargs,
+                **checkpoints.trainer_kwargs(kwargs),
             )
             runner()
         if plan.best_state is not None:
@@ -748,7 +841,7 @@ class TreatmentClassifier(MorphomuModel):
             raise MorphomuError(msg)
         mdata = self.adata if mdata is None else mdata
         self._check_data(mdata)
-        tensors = [_as_tensor(_matrix(mdata.mod[s.mod], s.rep)) for s in self.specs]
+        tensors = self._inputs(mdata)
         examples, names, obs_names = self._examples(mdata, split, tensors)
         module = self.module.eval()
         device = next(module.parameters()).device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,14 +16,16 @@ from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.train import TrainRunner
 
 from .. import _constants as C
-from .._errors import ContractError, MorphomuError, MorphomuWarning
+from .._errors import ContractError, MorphomuError
 from .._validation import check_mudata, check_obs_keys, check_rep, check_unique_obs_names, get_mod
 from ..module._phenoseq import PHENOSEQ_PRESETS, PhenoSeqModule
 from ..pp._standardize import Standardizer
+from ..train._checkpoint import Checkpointing
 from ..train._diffusion_plan import DiffusionTrainingPlan
+from ..train._disk_cache import RowCache, RowReader, is_in_memory, use_disk_cache
 from ..train._ema import ExponentialMovingAverage
 from ..train._set_data import PairedSetDataModule
-from ._base import MorphomuModel, feature_field
+from ._base import MorphomuModel, feature_field, finish_ema_training
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -362,7 +364,16 @@ class PhenoSeq(MorphomuModel):
         }
 
     # ------------------------------------------------------------------ training
-    def _prepare_training(self, *, batch_size: int, seed: int, num_workers: int) -> PairedSetDataModule:
+    def _prepare_training(
+        self,
+        *,
+        batch_size: int,
+        seed: int,
+        num_workers: int,
+        in_memory: bool | None = True,
+        cache_dir: str | os.PathLike | None = None,
+        cache_dtype: str = "float32",
+    ) -> PairedSetDataModule:
         a = self.setup_args
         mdata = self.adata
         img, rna = mdata.mod[a["image_mod"]], mdata.mod[a["rna_mod"]]
@@ -383,6 +394,9 @@ class PhenoSeq(MorphomuModel):
         img_samples = img.obs[sample_key].astype(str).to_numpy()
         needed = pd.Index(sorted(set(rna_samples[used])))
         img_codes = needed.get_indexer(img_samples)
+        img_matrix = _matrix(img, a["image_rep"])
+        # a backed matrix is read in chunk-aligned ranges (HDF5 point selections are slow)
+        img_reader = img_matrix if is_in_memory(img_matrix) else RowReader(img_matrix)
         # standardisation statistics: imaging cells of the train split (or of the train samples)
         if not self.is_trained_:
             if split_key in img.obs.columns:
@@ -392,14 +406,25 @@ class PhenoSeq(MorphomuModel):
             if img_fit.size == 0:
                 msg = f"mdata.mod[{a['image_mod']!r}] has no train-split imaging cells to fit standardisation on."
                 raise ContractError(msg)
-            img_scaler = Standardizer.fit(_matrix(img, a["image_rep"]), img_fit)
+            img_scaler = Standardizer.fit(img_reader, img_fit)
             rna_scaler = Standardizer.fit(_matrix(rna, a["rna_rep"]), train_rows)
             self._set_standardizers(img_scaler, rna_scaler)
         scalers = self.standardizers
         img_rows = np.flatnonzero(img_codes >= 0)
         img_rows = img_rows[np.argsort(img_codes[img_rows], kind="stable")]
         offsets = np.searchsorted(img_codes[img_rows], np.arange(len(needed) + 1))
-        img_x = scalers["image"].transform(_rows(_matrix(img, a["image_rep"]), img_rows))
+        if use_disk_cache(img_matrix, img_rows.size, in_memory=in_memory):
+            # larger than memory: the same standardised, sample-sorted rows, on disk
+            img_x = RowCache.build(
+                img_matrix,
+                img_codes,
+                n_groups=len(needed),
+                transform=scalers["image"].transform,
+                dtype=cache_dtype,
+                directory=cache_dir,
+            )
+        else:
+            img_x = torch.from_numpy(scalers["image"].transform(_rows(img_reader, img_rows)))
         rna_x = scalers["rna"].transform(_rows(_matrix(rna, a["rna_rep"]), used))
         rna_codes = needed.get_indexer(rna_samples[used])
         n_train = train_rows.size
@@ -408,7 +433,7 @@ class PhenoSeq(MorphomuModel):
             rna_sample=torch.from_numpy(rna_codes.astype(np.int64)),
             train_rows=torch.arange(n_train),
             val_rows=torch.arange(n_train, used.size),
-            img=torch.from_numpy(img_x),
+            img=img_x,
             img_offsets=torch.from_numpy(offsets.astype(np.int64)),
             n_context_cells=self.n_context_cells,
             batch_size=batch_size,
@@ -441,6 +466,12 @@ class PhenoSeq(MorphomuModel):
         precision: str | int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        in_memory: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_dtype: Literal["float32", "float16"] = "float32",
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int = 1000,
+        ckpt_path: str | os.PathLike | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Train with AdamW, warm-up + cosine learning rate, gradient clipping 1.0 and EMA weights.
@@ -483,6 +514,27 @@ class PhenoSeq(MorphomuModel):
             torch's global seed (``scvi.settings.seed``).
         num_workers
             Data-loader workers (the draws do not depend on it).
+        in_memory
+            ``True``: load the standardised imaging rows into memory. ``False``: write them, sorted by
+            sample, to a disk cache and read each batch's context cells from it (bounded memory, for
+            larger-than-memory data). ``None`` (default): the cache when the imaging matrix is backed
+            (``image_rep=None`` on a MuData read with ``backed=True``) or its copy would take more than
+            half of the available memory. Both give the same batches.
+        cache_dir
+            Directory of the disk cache (default a temporary directory); the file is removed when
+            training ends.
+        cache_dtype
+            ``'float32'`` (the same values as in memory) or ``'float16'`` (half the disk and I/O; values
+            rounded to float16).
+        checkpoint_dir
+            Directory for resumable checkpoints (``last.ckpt``: raw and EMA weights, optimiser,
+            scheduler, random generators, data position); ``None`` writes none.
+        checkpoint_every_n_steps
+            Optimiser steps between checkpoints.
+        ckpt_path
+            ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it when there is no
+            checkpoint yet), or a ``.ckpt`` path; the resumed run ends with the same weights as an
+            uninterrupted one. Use a fresh model created as the interrupted one was.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``).
         """
@@ -494,7 +546,38 @@ class PhenoSeq(MorphomuModel):
         if int(max_epochs) < 1 or int(batch_size) < 1:
             msg = f"max_epochs and batch_size must be positive, got {max_epochs} and {batch_size}."
             raise MorphomuError(msg)
-        datamodule = self._prepare_training(batch_size=int(batch_size), seed=seed, num_workers=num_workers)
+        run = {  # what defines the run: a checkpoint of another run is refused
+            "model": type(self).__name__,
+            "preset": self.preset,
+            **self.sizes,
+            "p_uncond": self.p_uncond,
+            "max_epochs": int(max_epochs),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "ema_decay": ema_decay,
+            "early_stopping": early_stopping,
+            "early_stopping_patience": early_stopping_patience,
+            "seed": int(seed),
+        }
+        checkpoints = Checkpointing.from_args(
+            checkpoint_dir, every_n_steps=checkpoint_every_n_steps, ckpt_path=ckpt_path, config=run
+        )
+        if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
+            msg = (
+                f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
+                f"{in_memory!r} and {cache_dtype!r}."
+            )
+            raise MorphomuError(msg)
+        datamodule = self._prepare_training(
+            batch_size=int(batch_size),
+            seed=seed,
+            num_workers=num_workers,
+            in_memory=in_memory,
+            cache_dir=cache_dir,
+            cache_dtype=cache_dtype,
+        )
         if self._raw_state is not None:  # continue from the raw weights, with the running average
             self.module.load_state_dict(self._raw_state)
         plan = self._training_plan_cls(
@@ -525,24 +608,14 @@ class PhenoSeq(MorphomuModel):
             max_epochs=int(max_epochs),
             accelerator=accelerator,
             devices=devices,
-            **kwargs,
+            **checkpoints.trainer_kwargs(kwargs),
         )
-        runner()
-        self._finish_training(plan)
-
-    def _finish_training(self, plan: DiffusionTrainingPlan) -> None:
-        self._raw_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-        self._ema = plan.ema
-        if plan.ema.shadow is None or plan.ema.n_updates == 0:
-            warnings.warn(
-                "no EMA weights were recorded in this process (e.g. a spawn-based strategy trained elsewhere); "
-                "the model keeps the raw weights.",
-                MorphomuWarning,
-                stacklevel=3,
-            )
-        else:
-            plan.ema.copy_to(plan.trainable())
-        self.module.eval()
+        try:
+            runner()
+        finally:
+            if isinstance(datamodule.train_set.img, RowCache):
+                datamodule.train_set.img.close()  # removes the disk cache
+        finish_ema_training(self, plan)
 
     # ------------------------------------------------------------------ generation
     def generate(

@@ -72,7 +72,14 @@ def segment_nuclei(
     from scipy import ndimage as ndi
     from skimage import feature, filters, measure, morphology, segmentation
 
-    x = filters.gaussian(np.asarray(image, dtype=np.float32), sigma=sigma, preserve_range=True)
+    image = np.asarray(image)
+    if image.ndim != 2:
+        msg = f"image must be a 2-d nuclear-stain image (height x width), found shape {image.shape}."
+        raise ContractError(msg)
+    if np.issubdtype(image.dtype, np.inexact) and not np.isfinite(image).all():
+        msg = f"image has {int((~np.isfinite(image)).sum())} non-finite pixels (NaN or inf); segmentation needs finite values."
+        raise ContractError(msg)
+    x = filters.gaussian(image.astype(np.float32), sigma=sigma, preserve_range=True)
     if float(x.max()) <= float(x.min()):
         return np.zeros(x.shape, np.int32)
     otsu = filters.threshold_otsu(x)
@@ -403,7 +410,14 @@ def _iter_crops(
     for f in tqdm(fields, desc="crop_cells", unit="field", disable=not progress):
         pixels = _load_field(f.image, channel_axis=channel_axis, layer=layer)
         if f.labels is None:
-            labels = np.asarray(segmentation(pixels[nuclei_channel]))
+            nuclei = pixels[nuclei_channel]
+            if np.issubdtype(nuclei.dtype, np.inexact) and not np.isfinite(nuclei).all():
+                msg = (
+                    f"images: field {f.name!r} has {int((~np.isfinite(nuclei)).sum())} non-finite pixels (NaN or inf) "
+                    f"in its nuclei_channel {nuclei_channel}; segmentation needs finite values (or pass labels=)."
+                )
+                raise ContractError(msg)
+            labels = np.asarray(segmentation(nuclei))
             if labels.shape != pixels.shape[1:]:
                 msg = (
                     f"segmentation returned labels of shape {labels.shape} for a field of {pixels.shape[1:]}."

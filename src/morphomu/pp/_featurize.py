@@ -205,6 +205,11 @@ def _featurize(
     if not names:
         msg = "smiles is empty: give at least one compound name -> SMILES."
         raise ContractError(msg)
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        msg = f"smiles names the compounds {dup[:5]} more than once (keys that are equal as strings, e.g. 1 and '1')."
+        raise ContractError(msg)
+    smiles = {str(k): v for k, v in smiles.items()}  # names are strings from here on
     controls = {str(c) for c in controls}
     compounds = [n for n in names if n not in controls]
     # parse everything first, so that a bad SMILES fails before any work
@@ -457,6 +462,9 @@ def featurize_compounds(
         raise ContractError(msg)
     tables = _treatment_tables(data, treatment_key)
     treatments = sorted({str(t) for a in tables.values() for t in a.obs[treatment_key].unique()})
+    if not treatments:
+        msg = f"treatment_key={treatment_key!r}: the obs column holds no treatment (the data has no cells)."
+        raise ContractError(msg)
 
     if smiles is None:
         given: dict[str, str] = {}

@@ -195,11 +195,23 @@ def destandardize(data: MuData | AnnData, values: np.ndarray, *, key: str) -> np
     """
     try:
         entry = data.uns[C.UNS_KEY]["standardize"][key]
-    except KeyError:
+    except (KeyError, TypeError, AttributeError):  # absent, or uns / its entries are not dicts
         msg = f"key={key!r} has no stored statistics in uns['morphomu']['standardize']; run mm.pp.standardize first."
         raise ContractError(msg) from None
-    scaler = Standardizer.from_dict(entry)
+    try:
+        scaler = Standardizer.from_dict(entry)
+    except (KeyError, TypeError, ValueError):
+        scaler = None
+    if scaler is None or scaler.mean.ndim != 1 or scaler.mean.shape != scaler.std.shape:
+        msg = (
+            f"uns['morphomu']['standardize'][{key!r}] (key) is not a standardisation entry (1-d 'mean' and "
+            "'std' arrays of one length); run mm.pp.standardize again."
+        )
+        raise ContractError(msg)
     values = np.asarray(values)
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+        msg = f"values must be a numeric array, got dtype {values.dtype}."
+        raise ContractError(msg)
     if values.ndim != 2 or values.shape[1] != scaler.mean.shape[0]:
         msg = f"values must have shape (n, {scaler.mean.shape[0]}) for key={key!r}, got {values.shape}."
         raise ContractError(msg)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -32,11 +34,15 @@ def _light_mudata(
     obs_keys: Sequence[str],
     split_key: str,
     splits: Mapping[str, Any] | None,
+    *,
+    load_backed: bool = True,
 ) -> MuData:
     """A MuData holding only the inputs' matrices (shared, not copied) and the needed obs columns.
 
     The classifier registers and reads this object, so the user's MuData is never touched; ``splits``
-    (modality -> labels) replaces the split column, e.g. for a cross-validation fold.
+    (modality -> labels) replaces the split column, e.g. for a cross-validation fold. A backed ``.X``
+    is read into memory with ``load_backed``, else kept on disk (the classifier then streams it through
+    a disk cache).
     """
     import anndata as ad
     import mudata as md
@@ -49,7 +55,7 @@ def _light_mudata(
             obs[split_key] = splits[mod]
         reps = [s.rep for s in specs if s.mod == mod]
         x = adata.X if None in reps else None
-        if x is not None and not isinstance(x, np.ndarray):
+        if x is not None and load_backed and not isinstance(x, np.ndarray):
             from scipy import sparse
 
             x = x if sparse.issparse(x) else x[:]  # backed .X: read once
@@ -81,6 +87,12 @@ def classify(
     accelerator: str = "auto",
     devices: int | list[int] | str = "auto",
     progress: bool = True,
+    in_memory: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_dtype: Literal["float32", "float16"] = "float32",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every_n_steps: int = 1000,
+    ckpt_path: Literal["last"] | None = None,
     key_added: str = "classify",
     inplace: bool = True,
 ) -> pd.DataFrame | None:
@@ -148,6 +160,23 @@ def classify(
         Lightning accelerator and devices.
     progress
         Show a progress bar over the runs and Lightning's per-epoch bar.
+    in_memory
+        ``None`` (default): an input held on disk (``.X`` of a MuData read with ``backed=True``) is
+        written once, sorted by sample, to a disk cache that every seed and fold reads its batches from
+        (bounded memory, for larger-than-memory data); ``True`` loads it into memory; ``False`` caches
+        in-memory inputs too. The results are the same.
+    cache_dir
+        Directory of the disk caches (default a temporary directory); removed when the call ends.
+    cache_dtype
+        ``'float32'`` (the same values) or ``'float16'`` (half the disk and I/O).
+    checkpoint_dir
+        Directory for resumable training checkpoints, one sub-directory ``fold{f}-seed{s}`` per run (see
+        :meth:`~morphomu.models.TreatmentClassifier.train`); ``None`` writes none.
+    checkpoint_every_n_steps
+        Optimiser steps between checkpoints.
+    ckpt_path
+        ``'last'``: continue the runs of an interrupted call from their checkpoints in ``checkpoint_dir``
+        (runs without one start anew); the results are those of an uninterrupted call.
     key_added
         Entry of ``mdata.uns['morphomu']`` written.
     inplace
@@ -178,6 +207,18 @@ def classify(
 
     # --- every check before any work ---------------------------------------------------------------
     check_mudata(mdata)
+    if ckpt_path not in (None, "last"):
+        msg = f"ckpt_path must be None or 'last' (each run resumes its own checkpoint), got {ckpt_path!r}."
+        raise MorphomuError(msg)
+    if ckpt_path == "last" and checkpoint_dir is None:
+        msg = "ckpt_path='last' resumes the runs checkpointed in checkpoint_dir: pass checkpoint_dir too."
+        raise MorphomuError(msg)
+    if ckpt_path is None and checkpoint_dir is not None and any(Path(checkpoint_dir).glob("*/last.ckpt")):
+        msg = (
+            f"checkpoint_dir={str(checkpoint_dir)!r} already holds checkpoints of runs; pass ckpt_path='last' to "
+            "resume them, or another checkpoint_dir."
+        )
+        raise MorphomuError(msg)
     specs = parse_inputs(inputs)
     resolve_hparams(hparams, setting, input_kind(specs))
     if not isinstance(k, int | np.integer) or k < 1:
@@ -188,6 +229,12 @@ def classify(
     seeds = [seeds] if isinstance(seeds, int | np.integer) else list(seeds)
     if not seeds or not all(isinstance(s, int | np.integer) for s in seeds):
         msg = f"seeds must be a non-empty sequence of integers, got {seeds!r}."
+        raise MorphomuError(msg)
+    if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
+        msg = (
+            f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got {in_memory!r} "
+            f"and {cache_dtype!r}."
+        )
         raise MorphomuError(msg)
     test_sets = [test_sets] if isinstance(test_sets, str) else list(test_sets)
     exclude = [exclude] if isinstance(exclude, str) else [str(e) for e in exclude]
@@ -222,7 +269,10 @@ def classify(
             check_obs_keys(mdata.mod[s.mod], {"split_key": split_key}, mod=s.mod)
         fold_splits[0] = None
     obs_keys = [target, sample_key, split_key]
-    light = {f: _light_mudata(mdata, specs, obs_keys, split_key, sp) for f, sp in fold_splits.items()}
+    light = {
+        f: _light_mudata(mdata, specs, obs_keys, split_key, sp, load_backed=in_memory is True)
+        for f, sp in fold_splits.items()
+    }
     for f, ld in light.items():  # labels and classes are checked for every fold before training starts
         for s in specs:
             split = ld.mod[s.mod].obs[split_key].astype(str)
@@ -248,36 +298,53 @@ def classify(
     bar = tqdm(runs, desc=f"classify {setting} {'+'.join(s.label for s in specs)}", disable=not progress)
     from ..models._classifier import _quiet
 
-    for fold, seed in bar:
-        ld = light[fold]
-        with _quiet(not progress):
-            TreatmentClassifier.setup_mudata(
-                ld,
-                inputs=[(s.mod, s.rep, s.kind) for s in specs],
-                target_key=target,
-                sample_key=sample_key,
-                split_key=split_key,
+    caches: dict = {}
+    try:
+        for fold, seed in bar:
+            ld = light[fold]
+            with _quiet(not progress):
+                TreatmentClassifier.setup_mudata(
+                    ld,
+                    inputs=[(s.mod, s.rep, s.kind) for s in specs],
+                    target_key=target,
+                    sample_key=sample_key,
+                    split_key=split_key,
+                )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                model = TreatmentClassifier(ld, setting=setting, k=int(k), exclude=exclude, hparams=hparams)
+            classes = model.classes_
+            model._row_caches = caches  # one disk cache per backed input, shared by every seed and fold
+            run_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"fold{fold}-seed{seed}"
+            model.train(
+                seed=int(seed),
+                eval_seed=eval_seed,
+                accelerator=accelerator,
+                devices=devices,
+                progress=progress,
+                in_memory=in_memory,
+                cache_dir=cache_dir,
+                cache_dtype=cache_dtype,
+                checkpoint_dir=run_dir,
+                checkpoint_every_n_steps=checkpoint_every_n_steps,
+                ckpt_path=ckpt_path,
             )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = TreatmentClassifier(ld, setting=setting, k=int(k), exclude=exclude, hparams=hparams)
-        classes = model.classes_
-        model.train(
-            seed=int(seed), eval_seed=eval_seed, accelerator=accelerator, devices=devices, progress=progress
-        )
-        scores = model.evaluate(splits=test_sets, seed=eval_seed)
-        for test_set, r in scores.iterrows():
-            rows.append(
-                {
-                    "seed": int(seed),
-                    "fold": int(fold) if cv else given_fold,
-                    "test_set": str(test_set),
-                    **{m: float(r[m]) for m in METRICS},
-                    "n_examples": int(r["n_examples"]),
-                    "best_epoch": int(model.best_epoch_),
-                    "best_val_balanced_accuracy": float(model.best_validation_score_),
-                }
-            )
+            scores = model.evaluate(splits=test_sets, seed=eval_seed)
+            for test_set, r in scores.iterrows():
+                rows.append(
+                    {
+                        "seed": int(seed),
+                        "fold": int(fold) if cv else given_fold,
+                        "test_set": str(test_set),
+                        **{m: float(r[m]) for m in METRICS},
+                        "n_examples": int(r["n_examples"]),
+                        "best_epoch": int(model.best_epoch_),
+                        "best_val_balanced_accuracy": float(model.best_validation_score_),
+                    }
+                )
+    finally:
+        for _, cache in caches.values():
+            cache.close()
     results = pd.DataFrame(rows)
     if not inplace:
         return results

@@ -232,7 +232,7 @@ def _ridge_generate(
     residuals = rna_train - y_means[train_codes]
     ridge = RidgeCV(alphas=_RIDGE_ALPHAS).fit(x_train, y_means)
     x_new = scaler.transform(_group_means(img_matrix, names.get_indexer(img_samples), len(names)))
-    mean_pred = ridge.predict(x_new)
+    mean_pred = ridge.predict(x_new).reshape(len(names), -1)  # scikit-learn drops a single target column
 
     cell_sample = np.repeat(np.arange(len(names)), counts)
     cell_index = (

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,7 +112,9 @@ class SamplePools:
     Attributes
     ----------
     data
-        The modality's whole feature matrix (CPU, float32), shared, never copied.
+        The modality's whole feature matrix (CPU, float32), shared, never copied; or, for
+        larger-than-memory data, a :class:`~morphomu.train._disk_cache.SourceRows` view of a disk cache
+        that is indexed the same way.
     order
         Rows of ``data`` sorted by sample code.
     offsets
@@ -149,6 +152,8 @@ class SamplePools:
         """Mean of ``data`` over each row of ``rows`` (``(B, k)`` -> ``(B, D)``), without a ``B x k x D`` copy."""
         if rows.shape[1] == 1:
             return self.data[rows[:, 0]]
+        if not isinstance(self.data, torch.Tensor):  # a disk cache (morphomu.train._disk_cache.SourceRows)
+            return self.data.mean_of(rows)
         return F.embedding_bag(rows, self.data, mode="mean")
 
 
@@ -409,14 +414,19 @@ class ClassifierTrainingPlan(LossTrainingPlan):
                 k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()
             }
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints keep the best validation weights and score beside the current weights."""
+        checkpoint["best"] = {"score": self.best_score, "epoch": self.best_epoch, "state": self.best_state}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the best weights and score when resuming."""
+        if "best" in checkpoint:
+            best = checkpoint["best"]
+            self.best_score, self.best_epoch = float(best["score"]), int(best["epoch"])
+            self.best_state = best["state"]
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW (fused kernel where available)."""
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        try:
-            return torch.optim.AdamW(
-                params, lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, fused=True
-            )
-        except (RuntimeError, TypeError):
-            return torch.optim.AdamW(
-                params, lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, foreach=True
-            )
+        """AdamW (:func:`~morphomu.train._plan.adamw`: fused at full precision)."""
+        from ._plan import adamw
+
+        return adamw(self, [p for p in self.module.parameters() if p.requires_grad])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ._ema import ExponentialMovingAverage
-from ._plan import LossTrainingPlan
+from ._plan import LossTrainingPlan, adamw
 
 __all__ = ["DiffusionTrainingPlan", "warmup_cosine"]
 
@@ -78,16 +78,8 @@ class DiffusionTrainingPlan(LossTrainingPlan):
         )
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW (fused kernel where available) with per-step warm-up + cosine schedule."""
-        params = self.trainable()
-        try:
-            optimizer = torch.optim.AdamW(
-                params, lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, fused=True
-            )
-        except (RuntimeError, TypeError):  # fused kernel unavailable for this device/dtype
-            optimizer = torch.optim.AdamW(
-                params, lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, foreach=True
-            )
+        """AdamW (:func:`~morphomu.train._plan.adamw`) with per-step warm-up + cosine schedule."""
+        optimizer = adamw(self, self.trainable())
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = max(1, round(self.warmup_epochs * steps_per_epoch))
@@ -100,8 +92,14 @@ class DiffusionTrainingPlan(LossTrainingPlan):
         """Start (or move) the average on the training device."""
         self.ema.start(self.trainable())
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the average after each optimiser step."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimiser, then update the average.
+
+        Done here rather than in ``on_train_batch_end``, which Lightning runs after the callbacks': a
+        checkpoint saved at the end of a step (:class:`morphomu.train._checkpoint.TrainingCheckpoint`)
+        then holds the average of that step too.
+        """
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.trainable())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

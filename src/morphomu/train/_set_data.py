@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["PairedSetDataModule", "keyed_seed"]
+__all__ = ["EpochLoader", "PairedSetDataModule", "epoch_loader", "keyed_seed"]
 
 _TRAIN_STREAM, _VAL_STREAM, _ORDER_STREAM = 1, 2, 3
 
@@ -121,28 +121,62 @@ class _SetBatches(Dataset):
 
 
 class _EpochSampler(Sampler):
-    """Yields ``(epoch, step)`` keys; Lightning calls :meth:`set_epoch` before each epoch."""
+    """Yields ``(epoch, step)`` keys; Lightning calls :meth:`set_epoch` before each epoch.
+
+    A resumed run starts its first epoch at the batch where the interrupted one stopped
+    (:meth:`EpochLoader.load_state_dict`); the keyed draws make those batches the ones it would have seen.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
         self.epoch = 0
+        self.batches_done = 0  # of the current epoch, as reported by the training loop
+        self.resume_at = 0  # first step of the next iteration (once), set when resuming
 
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.batches_done = 0
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __iter__(self):
-        return iter([(self.epoch, step) for step in range(len(self.dataset))])
+        start, self.resume_at = self.resume_at, 0
+        return iter([(self.epoch, step) for step in range(start, len(self.dataset))])
 
 
-def epoch_loader(dataset: Dataset, *, num_workers: int = 0) -> DataLoader:
+class EpochLoader(DataLoader):
+    """Loader of whole batches keyed by ``(epoch, step)`` whose position Lightning saves and restores.
+
+    Lightning stores :meth:`state_dict` of stateful training loaders in checkpoints and calls
+    :meth:`load_state_dict` before the resumed run's first iteration. The position (batches of the
+    current epoch done) is reported by :class:`morphomu.train._checkpoint.TrainingCheckpoint` through
+    :meth:`set_batches_done`: the loader itself cannot know it, as Lightning and the workers prefetch.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and batches of it done."""
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.sampler.batches_done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at the saved position (the next epoch when the saved one was complete)."""
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self.sampler):
+            epoch, done = epoch + 1, 0
+        self.sampler.epoch, self.sampler.batches_done, self.sampler.resume_at = epoch, done, done
+
+    def set_batches_done(self, n: int) -> None:
+        """Record that the training loop has finished ``n`` batches of the current epoch."""
+        self.sampler.batches_done = int(n)
+
+
+def epoch_loader(dataset: Dataset, *, num_workers: int = 0) -> EpochLoader:
     """A loader of a dataset of whole batches keyed by ``(epoch, step)``, optionally in worker processes."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs = {"num_workers": num_workers, "persistent_workers": True}
-    return DataLoader(dataset, batch_size=None, sampler=_EpochSampler(dataset), **kwargs)
+    return EpochLoader(dataset, batch_size=None, sampler=_EpochSampler(dataset), **kwargs)
 
 
 class PairedSetDataModule(LightningDataModule):
