@@ -8,7 +8,7 @@ from importlib.metadata import version as _version
 
 project = "morphomu"
 author = "morphomu developers"
-copyright = f"{date.today().year}, {author}"  # noqa: A001
+copyright = f"{date.today().year}, {author}"
 release = _version("morphomu")
 version = release
 
@@ -26,12 +26,16 @@ extensions = [
     "sphinxarg.ext",
 ]
 
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
+# .rst first: autosummary writes its generated pages (reStructuredText) with the first suffix
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+templates_path = ["_templates"]
+# docs/tutorials is a link to the repository's tutorials/ folder (the notebooks live there, with outputs)
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/README.md"]
 
-# notebooks are committed with their outputs; the test suite executes them
+# notebooks are committed with their outputs (tests/test_tutorials.py executes them); never run here
 nb_execution_mode = "off"
+nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 3
 
