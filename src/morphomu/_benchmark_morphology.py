@@ -38,7 +38,7 @@ PAPER_MORPHOLOGY = {
     "ood": {"TRIDENT (RNA + drug)": {"fid": 126.2, "kid_mean": 0.222}},
 }
 #: The default simulated experiment of the morphology task: small field tiles, so it runs on a laptop.
-DEFAULT_DATA = {"n_img_cells": 4000, "n_rna_cells": 4000, "with_images": True, "image_size": 32}
+DEFAULT_DATA = {"n_img_cells": 2000, "n_rna_cells": 2000, "with_images": True, "image_size": 32}
 #: Epochs when not given: TRIDENT's diffusion transformer and its image VAE. ``paper`` trains the presets'.
 MAX_EPOCHS = {"tiny": 20, "fast": 30, "paper": None}
 VAE_EPOCHS = {"tiny": 10, "fast": 15, "paper": None}
@@ -217,7 +217,6 @@ def run_morphology_benchmark(
                 vae_epochs=vae_epochs,
                 accelerator=config.accelerator,
                 seed=config.seed,
-                enable_progress_bar=False,
             )
         image_vae = model.image_vae  # one latent space for both variants: the comparison is of the generators
         trained[name] = model

@@ -20,6 +20,7 @@ from scvi.train import TrainRunner
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError
 from .._io import atomic_path
+from .._threads import keep_torch_threads
 from .._validation import check_mudata, check_obs_keys, check_rep, check_unique_obs_names, get_mod
 from ..module._trident import TRIDENT_PRESETS, TridentModule
 from ..train._ema import ExponentialMovingAverage
@@ -654,11 +655,11 @@ class Trident(MorphomuModel):
         )
         tmp = ad.AnnData(X=block)
         tmp.var_names = [str(n) for n in names]
-        if counts:
-            sc.pp.normalize_total(tmp, target_sum=1e4)
-            sc.pp.log1p(tmp)
-        with warnings.catch_warnings():
+        with keep_torch_threads(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if counts:
+                sc.pp.normalize_total(tmp, target_sum=1e4)
+                sc.pp.log1p(tmp)
             sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat")
         return np.sort(np.flatnonzero(tmp.var["highly_variable"].to_numpy()))[:n_top]
 

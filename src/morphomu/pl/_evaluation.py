@@ -12,6 +12,7 @@ import pandas as pd
 
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError
+from .._threads import keep_torch_threads
 from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
 
 if TYPE_CHECKING:
@@ -225,7 +226,10 @@ def embedding_overlay(
             obs.append(pd.DataFrame({"condition": cond, "source": side}, index=[f"{side}_{i}" for i in rows]))
     cells = ad.AnnData(obs=pd.concat(obs))
     cells.obsm["X_rep"] = np.concatenate(blocks)
-    with warnings.catch_warnings():  # scanpy's own kNN-graph assembly; nothing the caller can act on
+    with (
+        keep_torch_threads(),
+        warnings.catch_warnings(),
+    ):  # scanpy's own kNN-graph warnings: nothing to act on
         warnings.simplefilter("ignore", SparseEfficiencyWarning)
         sc.pp.neighbors(
             cells, use_rep="X_rep", n_neighbors=min(n_neighbors, cells.n_obs - 1), random_state=seed

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import _constants as C
 from .._errors import ContractError
+from .._threads import keep_torch_threads
 from .._validation import check_obs_keys, check_rep, get_mod, get_rep
 from ._evaluation import _finish
 
@@ -427,8 +428,11 @@ def morphology_embedding(
     )
     cells = ad.AnnData(obs=obs)
     cells.obsm["X_rep"] = np.concatenate(list(feats.values())).astype(np.float32)
-    sc.pp.neighbors(cells, use_rep="X_rep", n_neighbors=min(n_neighbors, cells.n_obs - 1), random_state=seed)
-    sc.tl.umap(cells, random_state=seed)
+    with keep_torch_threads():
+        sc.pp.neighbors(
+            cells, use_rep="X_rep", n_neighbors=min(n_neighbors, cells.n_obs - 1), random_state=seed
+        )
+        sc.tl.umap(cells, random_state=seed)
     for source, colour in SOURCE_COLOURS.items():
         sel = (cells.obs["source"] == source).to_numpy()
         axes[1].scatter(

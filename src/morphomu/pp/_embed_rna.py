@@ -23,6 +23,7 @@ from scipy import sparse
 
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError, MorphomuWarning
+from .._threads import keep_torch_threads
 from .._uns import h5_safe
 from .._validation import get_adata, where
 from ._embed_images import _quiet_lightning, resolve_device
@@ -392,18 +393,20 @@ def _embed_pca(matrix: Any, *, seed: int, kwargs: dict[str, Any]) -> tuple[np.nd
         else _row_block(matrix, 0, matrix.shape[0])
     )
     work = AnnData(X=sparse.csr_matrix(counts, dtype=np.float32, copy=True))
-    sc.pp.normalize_total(work, target_sum=target_sum)
-    sc.pp.log1p(work)
-    if n_top is not None and work.n_vars > n_top:
-        sc.pp.highly_variable_genes(work, n_top_genes=n_top, flavor="seurat", subset=True)
-    if scale:  # scaling centres the genes, so the matrix becomes dense anyway
-        work.X = work.X.toarray()
-        sc.pp.scale(work, max_value=max_value)
+    with keep_torch_threads():
+        sc.pp.normalize_total(work, target_sum=target_sum)
+        sc.pp.log1p(work)
+        if n_top is not None and work.n_vars > n_top:
+            sc.pp.highly_variable_genes(work, n_top_genes=n_top, flavor="seurat", subset=True)
+        if scale:  # scaling centres the genes, so the matrix becomes dense anyway
+            work.X = work.X.toarray()
+            sc.pp.scale(work, max_value=max_value)
     n_comps = int(kwargs.get("n_comps", min(50, work.n_obs - 1, work.n_vars - 1)))
     if not 1 <= n_comps < min(work.n_obs, work.n_vars):
         msg = f"method='pca': n_comps={n_comps} must be at least 1 and below min(cells, genes) = {min(work.n_obs, work.n_vars)}."
         raise ContractError(msg)
-    sc.pp.pca(work, n_comps=n_comps, random_state=seed, svd_solver=kwargs.get("svd_solver"))
+    with keep_torch_threads():
+        sc.pp.pca(work, n_comps=n_comps, random_state=seed, svd_solver=kwargs.get("svd_solver"))
     params = {
         "n_comps": n_comps,
         "n_top_genes": n_top,
