@@ -27,6 +27,8 @@ from morphomu import MorphomuError
 from morphomu.train._checkpoint import CHECKPOINT_NAME, atomic_torch_save, read_checkpoint_state
 
 HERE = Path(__file__).resolve().parent
+# one worker runs this file, so the reference runs (the `runs` fixture) are trained once
+pytestmark = pytest.mark.xdist_group("resume")
 # PhenoSeq: 114 train RNA cells, batch 32 -> 4 steps per epoch, 3 epochs = 12 steps
 PS_TRAIN = {
     "max_epochs": 3,

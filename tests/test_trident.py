@@ -17,14 +17,18 @@ import torch
 
 import morphomu as mm
 from morphomu import ContractError, MorphomuError
+from morphomu.datasets._simulate import CYTOTOXIC
 from morphomu.models._trident import Trident
 from morphomu.module._trident import TRIDENT_PRESETS, TridentDiT, TridentModule
 from morphomu.nn._dit import PatchEmbed, sincos_pos_embed_2d, unpatchify
 
 SIM = {"seed": 0, "n_img_cells": 1000, "n_rna_cells": 600, "with_images": True, "image_size": 16}
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
-TRAIN = {"max_epochs": 40, "batch_size": 32, "lr": 1e-3, **QUIET}
+# 120 epochs: the generated readout reproduces ~40% of the real per-treatment effect (40 epochs: ~15%)
+TRAIN = {"max_epochs": 120, "batch_size": 32, "lr": 1e-3, **QUIET}
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+# one worker runs this file, so the module fixtures (image VAE, trained model) are built once
+pytestmark = pytest.mark.xdist_group("trident")
 
 
 def simulate(**kw):
@@ -42,6 +46,27 @@ def dna_readout(tiles: np.ndarray) -> np.ndarray:
 
 def per_treatment(obs: pd.DataFrame, values: np.ndarray, index: pd.Index) -> np.ndarray:
     return obs.assign(r=values).groupby("treatment", observed=True)["r"].mean().reindex(index).to_numpy()
+
+
+def shuffle_drugs(adata, *, seed: int) -> None:
+    """Reassign compounds (and their SMILES) to cells so that every compound gets an even mix of all treatments.
+
+    A plain permutation leaves each compound's cells a random sample whose mean readout differs by chance
+    (and the model learns those differences); dealing each compound's copies evenly over the cells sorted
+    by their true treatment removes the association with the true treatment itself.
+    """
+    rng = np.random.default_rng(seed)
+    true = adata.obs["treatment"].astype(str).to_numpy()
+    smiles = dict(zip(true, adata.obs["smiles"].astype(str).to_numpy(), strict=True))
+    order = np.lexsort((rng.random(len(true)), true))  # cells grouped by their true treatment
+    labels = np.sort(true)
+    first = np.searchsorted(labels, labels)
+    count = np.searchsorted(labels, labels, side="right") - first
+    spread = (np.arange(len(labels)) - first + 0.5) / count  # each compound's copies evenly over (0, 1)
+    dealt = np.empty_like(true)
+    dealt[order] = labels[np.lexsort((labels, spread))]
+    adata.obs["treatment"] = dealt
+    adata.obs["smiles"] = [smiles[t] for t in dealt]
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +253,19 @@ def test_bad_model_arguments(data, image_vae, tmp_path):
 
 
 # ------------------------------------------------------------------ trained model
+def test_model_keeps_torch_thread_count(data, image_vae):
+    """scanpy's numba code (gene selection) shares OpenMP with torch; the user's thread count must survive it."""
+    mdata = data.copy()
+    Trident.setup_mudata(mdata)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trident(mdata, preset="tiny", n_top_genes=200, image_vae=image_vae)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_generate_tiles(trained, data):
     out = trained.generate(compounds=["Colchicine", "DMSO"], n_images=3, n_steps=5)
     tiles = out.obsm["images"]
@@ -348,29 +386,45 @@ def test_drug_only_ablation_and_own_image_vae():
 
 @pytest.mark.slow
 def test_generated_readout_follows_true_effect_and_not_shuffled_drugs(trained, data, image_vae):
-    """Across the 29 conditions, the DNA readout of generated tiles follows the true density effect; trained on
-    tiles whose compounds were shuffled across images, it does not."""
+    """Across the 29 conditions, the DNA readout of generated tiles follows that of the real tiles (which
+    follows the simulated density effect); trained on tiles whose compounds were shuffled, it does not.
+
+    The statistic is the slope of the generated per-treatment readout on the real one (the fraction of
+    the real effect reproduced): unlike a correlation it does not turn the shuffled model's small,
+    random per-compound differences into a +-0.2 chance correlation.
+    """
     effect = data.uns["morphomu"]["simulation"]["effects"]["density"]
     names = list(effect.index)
     real = per_treatment(data["img"].obs, dna_readout(data["img"].obsm["images"]), effect.index)
     assert np.corrcoef(real, effect)[0, 1] > 0.5  # the readout sees the effect in real tiles
+    cytotoxic = np.isin(names, CYTOTOXIC)
+    assert real[cytotoxic].mean() < real[~cytotoxic].mean() - 2.0  # sparse fields: far less DNA
 
-    def readout_corr(model):
+    def readout(model):
         out = model.generate(compounds=names, n_images=16, n_steps=20, guidance_scale=3.0)
         gen = per_treatment(out.obs, dna_readout(out.obsm["images"]), effect.index)
-        return np.corrcoef(gen, effect)[0, 1]
+        slope = np.polyfit(real, gen, 1)[0]
+        return slope, np.corrcoef(gen, real)[0, 1], gen[cytotoxic].mean() - gen[~cytotoxic].mean()
 
     shuffled_data = data.copy()
-    img = shuffled_data["img"]
-    perm = np.random.default_rng(1).permutation(img.n_obs)
-    for key in ("treatment", "smiles"):
-        img.obs[key] = img.obs[key].to_numpy()[perm]
+    for adata in shuffled_data.mod.values():
+        shuffle_drugs(adata, seed=1)
+    shuffled_real = per_treatment(
+        shuffled_data["img"].obs, dna_readout(data["img"].obsm["images"]), effect.index
+    )
+    assert abs(np.polyfit(real, shuffled_real, 1)[0]) < 0.1  # the shuffled labels carry (almost) no effect
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         shuffled = train_model(shuffled_data, image_vae)
-    r_real, r_shuffled = readout_corr(trained), readout_corr(shuffled)
-    print(
-        f"readout correlation with the true density effect: {r_real:.2f} (shuffled drugs: {r_shuffled:.2f})"
+    (slope, r, contrast), (slope_shuffled, r_shuffled, contrast_shuffled) = (
+        readout(trained),
+        readout(shuffled),
     )
-    assert r_real > 0.35, r_real
-    assert r_shuffled < r_real - 0.25 and abs(r_shuffled) < 0.35, (r_real, r_shuffled)
+    print(
+        f"generated vs real per-treatment readout: slope {slope:.2f}, r {r:.2f}, cytotoxic contrast {contrast:.2f} "
+        f"(shuffled drugs: {slope_shuffled:.2f}, {r_shuffled:.2f}, {contrast_shuffled:.2f})"
+    )
+    # measured here: slope 0.44, r 0.71, contrast -1.25; shuffled (three shuffles): |slope| <= 0.11, |contrast| <= 0.36
+    assert slope > 0.25 and r > 0.5, (slope, r)
+    assert contrast < -0.8, contrast
+    assert abs(slope_shuffled) < 0.2 and abs(contrast_shuffled) < 0.6, (slope_shuffled, contrast_shuffled)
