@@ -84,6 +84,10 @@ def test_kid_and_is_match_torchmetrics():
     assert kernel_distance(x, y, n_subsets=20, subset_size=30, seed=5) == kernel_distance(
         x, y, n_subsets=20, subset_size=30, seed=5
     )
+    # a subset size above the sample draws half of it, so the spread is not the 0 of identical subsets
+    capped, capped_std = kernel_distance(x, y, n_subsets=50)
+    assert (capped, capped_std) == kernel_distance(x, y, n_subsets=50, subset_size=30)
+    assert capped_std > 0 and capped == pytest.approx(mean, abs=4 * capped_std)
     logits = rng.normal(size=(80, 5)) * 2.0
     score = InceptionScore(feature=torch.nn.Identity(), splits=1)
     score.update(torch.as_tensor(logits))

@@ -40,8 +40,8 @@ PAPER_MORPHOLOGY = {
 #: The default simulated experiment of the morphology task: small field tiles, so it runs on a laptop.
 DEFAULT_DATA = {"n_img_cells": 2000, "n_rna_cells": 2000, "with_images": True, "image_size": 32}
 #: Epochs when not given: TRIDENT's diffusion transformer and its image VAE. ``paper`` trains the presets'.
-MAX_EPOCHS = {"tiny": 20, "fast": 30, "paper": None}
-VAE_EPOCHS = {"tiny": 10, "fast": 15, "paper": None}
+MAX_EPOCHS = {"tiny": 120, "fast": 60, "paper": None}
+VAE_EPOCHS = {"tiny": 40, "fast": 20, "paper": None}
 #: Generated tiles per compound: as many as the compound has real test tiles, at most this.
 MAX_IMAGES_PER_COMPOUND = 32
 VARIANTS = ("TRIDENT (RNA + drug)", "TRIDENT without RNA (drug only)")
@@ -108,7 +108,11 @@ def _control_floor(img: AnnData, real: AnnData, images_key: str, *, seed: int) -
     if pool.size == 0:
         pool = np.flatnonzero(treatment == C.CONTROL)
     rows = np.random.default_rng(seed).choice(pool, real.n_obs, replace=pool.size < real.n_obs)
-    adata = ad.AnnData(obs=pd.DataFrame({C.TREATMENT_KEY: real.obs[C.TREATMENT_KEY].to_numpy()}))
+    obs = pd.DataFrame(
+        {C.TREATMENT_KEY: real.obs[C.TREATMENT_KEY].to_numpy()},
+        index=[f"control{i}" for i in range(real.n_obs)],
+    )
+    adata = ad.AnnData(obs=obs)
     adata.obsm[images_key] = np.asarray(img.obsm[images_key][np.sort(rows)])
     return adata
 

@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-epochs",
         type=int,
         default=None,
-        help="PhenoSeq (TRIDENT) epochs (default: 20 for tiny and fast (TRIDENT: 20 / 30), the preset's for paper)",
+        help="PhenoSeq (TRIDENT) epochs (default: 20 for tiny and fast (TRIDENT: 120 / 60), the preset's for paper)",
     )
     bench.add_argument("--n-steps", type=int, default=50, help="DDIM steps")
     bench.add_argument(

@@ -137,7 +137,9 @@ def kernel_distance(
     As torch-fidelity / torchmetrics (Bińkowski et al. 2018): ``n_subsets`` times, ``subset_size`` rows
     are drawn without replacement from each sample and the unbiased MMD² with the kernel
     ``k(a, b) = (gamma a.b + coef)^degree`` is computed; the mean and the (population) standard
-    deviation over subsets are returned. ``subset_size`` is capped at the smaller sample size.
+    deviation over subsets are returned. Where ``subset_size`` exceeds the smaller sample (torchmetrics
+    raises there), half the smaller sample is drawn instead: the mean stays unbiased and the standard
+    deviation still shows the estimate's spread (subsets of every row would all be equal, so it would be 0).
 
     Parameters
     ----------
@@ -146,7 +148,7 @@ def kernel_distance(
     n_subsets
         Number of subsets (100 in torch-fidelity / torchmetrics).
     subset_size
-        Rows per subset and side (1000 there), at most ``min(n, m)``.
+        Rows per subset and side (1000 there); above ``min(n, m)``, ``min(n, m) // 2``.
     degree, gamma, coef
         The polynomial kernel; ``gamma=None`` is ``1 / d``.
     seed
@@ -171,7 +173,8 @@ def kernel_distance(
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
             msg = f"{name} must be a positive integer, got {value!r}."
             raise ContractError(msg)
-    m = min(int(subset_size), len(x), len(y))
+    n_min = min(len(x), len(y))
+    m = int(subset_size) if subset_size <= n_min else max(2, n_min // 2)
     if m < 2:
         msg = f"subset_size must be at least 2, got {subset_size}."
         raise ContractError(msg)
@@ -539,8 +542,8 @@ def image_metrics(
     classifier_epochs
         Its maximum number of epochs (default the preset's).
     n_subsets, subset_size
-        KID subsets (100 of 1000 in torch-fidelity / torchmetrics); the size is capped per comparison at
-        the smaller set.
+        KID subsets (100 of 1000 in torch-fidelity / torchmetrics); where a comparison's smaller set has
+        fewer rows than ``subset_size``, its subsets take half of them (see :func:`kernel_distance`).
     is_splits
         Parts of the IS (10 as usual).
     seed
