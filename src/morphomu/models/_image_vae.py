@@ -161,16 +161,22 @@ class _TileBatches(Dataset):
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int) -> None:
         self.images, self.rows, self.batch_size, self.seed = images, rows, batch_size, seed
+        self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def order(self, epoch: int) -> np.ndarray:
+        """Rows of one epoch in visiting order (drawn once per epoch, not once per batch)."""
         from ..train._set_data import keyed_seed
 
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng(keyed_seed(self.seed, epoch)).permutation(self.rows))
+        return self._order[1]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, step = key
-        order = np.random.default_rng(keyed_seed(self.seed, epoch)).permutation(self.rows)
-        rows = np.sort(order[step * self.batch_size : (step + 1) * self.batch_size])
+        rows = np.sort(self.order(epoch)[step * self.batch_size : (step + 1) * self.batch_size])
         return {"images": _to_torch(np.asarray(self.images[rows]))}
 
 

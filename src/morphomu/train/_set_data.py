@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochLoader", "PairedSetDataModule", "epoch_loader", "keyed_seed"]
+__all__ = ["EpochLoader", "KeyedBatches", "PairedSetDataModule", "epoch_loader", "keyed_seed"]
 
 _TRAIN_STREAM, _VAL_STREAM, _ORDER_STREAM = 1, 2, 3
 
@@ -38,8 +38,64 @@ def keyed_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class _SetBatches(Dataset):
-    """Map-style dataset whose items are whole batches, keyed by ``(epoch, global_batch)``."""
+class KeyedBatches(Dataset):
+    """Map-style dataset whose items are whole global batches of ``rows``, keyed by ``(epoch, global_batch)``.
+
+    The epoch's visiting order is drawn from ``(seed, order_stream, stream, epoch)`` (a permutation, or
+    ``len(rows)`` draws with replacement by ``weights``), so any batch of any epoch can be rebuilt on its
+    own: what exact resuming and DDP (rank ``r`` of ``W`` keeps items ``r, r + W, ...``) rest on.
+    Subclasses set ``_order_stream`` and build a batch from :meth:`global_items` in ``__getitem__``.
+    """
+
+    _order_stream: int = _ORDER_STREAM
+
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        *,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        stream: int,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        self.rows, self.batch_size, self.weights = rows, batch_size, weights
+        self.seed, self.shuffle, self.stream = seed, shuffle, stream
+        self.rank, self.world_size = 0, 1
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        """Steps per epoch on each rank."""
+        return math.ceil(len(self.rows) / self.global_batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """``rows`` of one epoch, in visiting order (as given when not shuffling)."""
+        if not self.shuffle:
+            return self.rows
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(keyed_seed(self.seed, self._order_stream, self.stream, epoch))
+            if self.weights is None:
+                pick = torch.randperm(len(self.rows), generator=g)
+            else:
+                pick = torch.multinomial(self.weights, len(self.rows), replacement=True, generator=g)
+            self._order = (epoch, self.rows[pick])
+        return self._order[1]
+
+    def global_items(self, epoch: int, step: int, *, wrap: bool = True) -> torch.Tensor:
+        """Rows of one global batch (all ranks); ``wrap``: always full, wrapping around the epoch's order."""
+        order = self.order(epoch)
+        g = self.global_batch_size
+        if wrap:
+            return order[torch.arange(step * g, (step + 1) * g) % len(order)]
+        return order[step * g : (step + 1) * g]
+
+
+class _SetBatches(KeyedBatches):
+    """Batches of RNA cells, each with a context set of its sample's imaging cells."""
 
     def __init__(
         self,
@@ -57,37 +113,12 @@ class _SetBatches(Dataset):
         shuffle: bool,
         stream: int,
     ) -> None:
-        self.rna, self.rna_sample, self.rows = rna, rna_sample, rows
+        super().__init__(rows, batch_size=batch_size, seed=seed, shuffle=shuffle, stream=stream)
+        self.rna, self.rna_sample = rna, rna_sample
         self.img, self.img_offsets = img, img_offsets
         self.img_counts = img_offsets[1:] - img_offsets[:-1]
-        self.n_context_cells, self.batch_size = n_context_cells, batch_size
+        self.n_context_cells = n_context_cells
         self.n_timesteps, self.p_uncond = n_timesteps, p_uncond
-        self.seed, self.shuffle, self.stream = seed, shuffle, stream
-        self.rank, self.world_size = 0, 1
-        self._order: tuple[int, torch.Tensor] | None = None
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    def __len__(self) -> int:
-        """Steps per epoch on each rank."""
-        return math.ceil(len(self.rows) / self.global_batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """Row indices (into the RNA matrix) of one epoch, in visiting order."""
-        if not self.shuffle:
-            return self.rows
-        if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(keyed_seed(self.seed, _ORDER_STREAM, self.stream, epoch))
-            self._order = (epoch, self.rows[torch.randperm(len(self.rows), generator=g)])
-        return self._order[1]
-
-    def global_items(self, epoch: int, step: int) -> torch.Tensor:
-        """RNA rows of one global batch (all ranks), wrapping around the epoch's order."""
-        order = self.order(epoch)
-        g = self.global_batch_size
-        return order[torch.arange(step * g, (step + 1) * g) % len(order)]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, step = key

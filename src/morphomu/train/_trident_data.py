@@ -12,24 +12,25 @@ and each global batch draws its timesteps, noise, reparameterisation noise and n
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ._diffusion_plan import DiffusionTrainingPlan
-from ._set_data import epoch_loader, keyed_seed
+from ._set_data import KeyedBatches, epoch_loader, keyed_seed
 
 __all__ = ["TridentDataModule", "TridentTrainingPlan"]
 
 _TRAIN_STREAM, _VAL_STREAM, _ORDER_STREAM = 11, 12, 13
 
 
-class _LatentBatches(Dataset):
-    """Map-style dataset whose items are whole batches, keyed by ``(epoch, global_batch)``."""
+class _LatentBatches(KeyedBatches):
+    """Batches of cached image latents with their condition rows, keyed by ``(epoch, global_batch)``."""
+
+    _order_stream = _ORDER_STREAM
 
     def __init__(
         self,
@@ -47,52 +48,21 @@ class _LatentBatches(Dataset):
         stream: int,
         balanced: bool = False,
     ) -> None:
-        self.tables, self.latents, self.condition, self.rows = tables, latents, condition, rows
-        self.balanced = balanced
+        weights = None
         if balanced:  # every condition equally likely: each row weighs 1 / (rows of its condition)
             counts = torch.bincount(condition[rows], minlength=int(condition.max()) + 1).double()
-            self.weights = 1.0 / counts[condition[rows]]
-        self.batch_size, self.n_timesteps, self.p_uncond, self.n_latent = (
-            batch_size,
-            n_timesteps,
-            p_uncond,
-            n_latent,
+            weights = 1.0 / counts[condition[rows]]
+        super().__init__(
+            rows, batch_size=batch_size, seed=seed, shuffle=shuffle, stream=stream, weights=weights
         )
-        self.seed, self.shuffle, self.stream = seed, shuffle, stream
-        self.rank, self.world_size = 0, 1
-        self._order: tuple[int, torch.Tensor] | None = None
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    def __len__(self) -> int:
-        """Steps per epoch on each rank."""
-        return math.ceil(len(self.rows) / self.global_batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """Latent rows of one epoch, in visiting order."""
-        if not self.shuffle:
-            return self.rows
-        if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(keyed_seed(self.seed, _ORDER_STREAM, self.stream, epoch))
-            if self.balanced:
-                pick = torch.multinomial(self.weights, len(self.rows), replacement=True, generator=g)
-            else:
-                pick = torch.randperm(len(self.rows), generator=g)
-            self._order = (epoch, self.rows[pick])
-        return self._order[1]
+        self.tables, self.latents, self.condition = tables, latents, condition
+        self.n_timesteps, self.p_uncond, self.n_latent = n_timesteps, p_uncond, n_latent
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, step = key
         if not self.shuffle:
             epoch = 0  # the same validation draws every epoch: comparable validation losses
-        order = self.order(epoch)
-        g_size = self.global_batch_size
-        if self.shuffle:  # full batches, wrapping around the epoch's order
-            items = order[torch.arange(step * g_size, (step + 1) * g_size) % len(order)]
-        else:  # validation: each item once
-            items = order[step * g_size : (step + 1) * g_size]
+        items = self.global_items(epoch, step, wrap=self.shuffle)  # validation: each item once
         n = len(items)
         gen = torch.Generator().manual_seed(keyed_seed(self.seed, self.stream, epoch, step))
         shape = self.latents.shape[1:]
