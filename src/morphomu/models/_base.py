@@ -81,6 +81,8 @@ class MorphomuModel(BaseModelClass):
     ) -> None:
         """Save the model to the directory ``dir_path`` (created; replaced only with ``overwrite=True``).
 
+        A model made of several (``Trident`` and its image VAE, in ``image_vae/``) is saved as one directory.
+
         Parameters
         ----------
         dir_path
@@ -98,12 +100,16 @@ class MorphomuModel(BaseModelClass):
 
         with atomic_path(dir_path, overwrite=overwrite, arg="dir_path") as tmp:
             super().save(str(tmp), overwrite=False, save_anndata=save_anndata, prefix=prefix, **kwargs)
+            self._save_parts(tmp, prefix=prefix)
             manifest = {
                 "model": type(self).__name__,
                 "format_version": FORMAT_VERSION,
                 "morphomu_version": __version__,
             }
             _manifest_path(tmp, prefix).write_text(json.dumps(manifest, indent=2))
+
+    def _save_parts(self, dir_path: Path, *, prefix: str | None) -> None:
+        """Write what the model holds besides scvi-tools' files (e.g. a sub-model) into the directory being saved."""
 
     @classmethod
     def check_saved(cls, dir_path: str | Path, *, prefix: str | None = None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from scvi.train import TrainRunner
 
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError
-from .._io import atomic_path
 from .._threads import keep_torch_threads
 from .._validation import check_mudata, check_obs_keys, check_rep, check_unique_obs_names, get_mod
 from ..module._trident import TRIDENT_PRESETS, TridentModule
@@ -1260,33 +1259,9 @@ class Trident(MorphomuModel):
         )
 
     # ------------------------------------------------------------------ save / load
-    def save(
-        self,
-        dir_path: str | Path,
-        *,
-        overwrite: bool = False,
-        save_anndata: bool = False,
-        prefix: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Save the model and its image VAE (sub-directory ``image_vae``) to ``dir_path``, atomically.
-
-        Parameters
-        ----------
-        dir_path
-            Directory to create.
-        overwrite
-            Replace an existing directory (the old one stays intact until the new one is complete).
-        save_anndata
-            Also write the data.
-        prefix
-            File-name prefix of the saved files.
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.save`.
-        """
-        with atomic_path(dir_path, overwrite=overwrite, arg="dir_path") as tmp:
-            super().save(tmp, overwrite=False, save_anndata=save_anndata, prefix=prefix, **kwargs)
-            self._image_vae.save(str(tmp / f"{prefix or ''}{IMAGE_VAE_DIR}"))
+    def _save_parts(self, dir_path: Path, *, prefix: str | None) -> None:
+        """The image VAE goes into the sub-directory ``image_vae`` of the saved model."""
+        self._image_vae.save(str(dir_path / f"{prefix or ''}{IMAGE_VAE_DIR}"))
 
     @classmethod
     def load(
