@@ -4,7 +4,8 @@ Each writer is made to fail part way through writing (after it has written some 
 the previous output must be intact, byte for byte, and no temporary file may be left beside it.
 Existing outputs are never replaced without ``overwrite=True`` (``--overwrite`` on the command line),
 and the refusal names the argument. (Model directories: ``tests/test_phenoseq.py``; training
-checkpoints: ``tests/test_resume.py``.)
+checkpoints: ``tests/test_resume.py``; what ``overwrite`` may replace, races and killed runs:
+``tests/test_output_safety.py``.)
 """
 
 from __future__ import annotations
@@ -17,16 +18,28 @@ import pytest
 
 import morphomu as mm
 from morphomu import ContractError, MorphomuError
-from morphomu._io import atomic_path
+from morphomu._io import MARKER, atomic_path, is_morphomu_output
 
 SMALL = {"seed": 0, "n_img_cells": 200, "n_rna_cells": 200, "image_dim": 20, "rna_dim": 8}
 
 
 def tree(path: Path) -> dict[str, bytes]:
-    """Every file under ``path`` (or ``path`` itself) with its bytes."""
+    """Every file under ``path`` (or ``path`` itself) with its bytes, but morphomu's marker."""
     if path.is_file():
         return {path.name: path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
+
+
+def write_h5(path: Path, value: int) -> None:
+    """A small HDF5 file (morphomu's file outputs are HDF5, which carry its marker)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["value"] = value
 
 
 def listing(directory: Path) -> list[str]:
@@ -34,30 +47,35 @@ def listing(directory: Path) -> list[str]:
 
 
 def test_atomic_path_keeps_the_previous_file_and_directory_on_failure(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
+    target = tmp_path / "out.h5"
+    with atomic_path(target) as tmp:
+        write_h5(tmp, 1)
+    assert is_morphomu_output(target)
+    before = target.read_bytes()
     with (
-        pytest.raises(MorphomuError, match=r"path=.*out.txt' exists; pass overwrite=True"),
+        pytest.raises(MorphomuError, match=r"path=.*out.h5' exists; pass overwrite=True"),
         atomic_path(target),
     ):
         pass
     with pytest.raises(RuntimeError, match="mid-way"), atomic_path(target, overwrite=True) as tmp:
-        tmp.write_text("new, half")
+        write_h5(tmp, 2)
         raise RuntimeError("mid-way")
-    assert target.read_text() == "old" and listing(tmp_path) == ["out.txt"]
+    assert target.read_bytes() == before and listing(tmp_path) == ["out.h5"]
 
     folder = tmp_path / "report"
-    folder.mkdir()
-    (folder / "a.md").write_text("old report")
+    with atomic_path(folder, arg="out") as tmp:
+        tmp.mkdir()
+        (tmp / "a.md").write_text("old report")
     with pytest.raises(RuntimeError, match="mid-way"), atomic_path(folder, overwrite=True, arg="out") as tmp:
         tmp.mkdir()
         (tmp / "a.md").write_text("new")
         raise RuntimeError("mid-way")
-    assert tree(folder) == {"a.md": b"old report"} and listing(tmp_path) == ["out.txt", "report"]
+    assert tree(folder) == {"a.md": b"old report"} and listing(tmp_path) == ["out.h5", "report"]
     with atomic_path(folder, overwrite=True, arg="out") as tmp:
         tmp.mkdir()
         (tmp / "b.md").write_text("new")
-    assert tree(folder) == {"b.md": b"new"} and listing(tmp_path) == ["out.txt", "report"]
+    assert tree(folder) == {"b.md": b"new"} and listing(tmp_path) == ["out.h5", "report"]
+    assert is_morphomu_output(folder)
 
 
 def test_simulate_out_is_atomic_and_not_overwritten_unasked(tmp_path, monkeypatch):
@@ -141,8 +159,9 @@ def test_cli_outputs_are_atomic_and_never_overwritten_unasked(tmp_path, monkeypa
 
     # the benchmark's report directory: a run that fails after writing part of its report
     report = tmp_path / "report"
-    report.mkdir()
-    (report / "report.md").write_text("previous report")
+    with atomic_path(report, kind="dir") as tmp:  # an earlier report of morphomu's
+        tmp.mkdir()
+        (tmp / "report.md").write_text("previous report")
     bench = ["benchmark", "--data", str(out / "simulated.h5mu"), "--out", str(report)]
     capsys.readouterr()
     assert _cli.main(bench) == 2
@@ -158,5 +177,7 @@ def test_cli_outputs_are_atomic_and_never_overwritten_unasked(tmp_path, monkeypa
     monkeypatch.setattr(benchmark, "run_benchmark", partial_run)
     with pytest.raises(RuntimeError, match="killed mid-way"):
         _cli.main([*bench, "--overwrite"])
+    # nothing finished, nothing published (a run that finished stages publishes them with its status:
+    # tests/test_output_safety.py)
     assert tree(report) == {"report.md": b"previous report"}
     assert listing(tmp_path) == ["report", "sim"]

@@ -45,18 +45,23 @@ def test_unknown_attribute():
 
 
 def test_atomic_path_keeps_previous_file_on_failure(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
+    import h5py  # morphomu's file outputs are HDF5, which carry its marker (only those are replaced)
+
+    target = tmp_path / "out.h5"
+    with _io.atomic_path(target) as tmp, h5py.File(tmp, "w") as f:
+        f["v"] = "old"
     with pytest.raises(mm.MorphomuError, match="exists; pass overwrite=True"), _io.atomic_path(target):
         pass
+    old = target.read_bytes()
     with pytest.raises(RuntimeError, match="disk full"), _io.atomic_path(target, overwrite=True) as tmp:
         tmp.write_text("half")
         raise RuntimeError("disk full")
-    assert target.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # no temporary left behind
-    with _io.atomic_path(target, overwrite=True) as tmp:
-        tmp.write_text("new")
-    assert target.read_text() == "new"
+    assert target.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]  # no temporary left behind
+    with _io.atomic_path(target, overwrite=True) as tmp, h5py.File(tmp, "w") as f:
+        f["v"] = "new"
+    with h5py.File(target) as f:
+        assert f["v"][()] == b"new"
 
 
 def test_atomic_path_directories(tmp_path):
@@ -71,7 +76,7 @@ def test_atomic_path_directories(tmp_path):
     with _io.atomic_path(target, overwrite=True) as tmp:
         tmp.mkdir()
         (tmp / "b.md").write_text("2")
-    assert sorted(p.name for p in target.iterdir()) == ["b.md"]
+    assert sorted(p.name for p in target.iterdir()) == [_io.MARKER, "b.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 

@@ -243,7 +243,9 @@ def test_save_load_in_a_fresh_process(trained, test_we_samples, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.load(out_path), ref.X, atol=1e-5)
     # the saved weights are the EMA ones
-    saved = torch.load(model_dir / "model.pt", weights_only=False)["model_state_dict"]
+    from safetensors.torch import load_file
+
+    saved = load_file(model_dir / "model.safetensors")
     assert torch.equal(
         saved["blocks.0.ff.proj_in.weight"], trained.module.state_dict()["blocks.0.ff.proj_in.weight"]
     )
@@ -257,8 +259,7 @@ def test_save_load_in_a_fresh_process(trained, test_we_samples, tmp_path):
 
 
 def test_save_is_atomic_versioned_and_never_overwrites_unasked(trained, tmp_path, monkeypatch):
-    from scvi.model.base import BaseModelClass
-
+    from morphomu.models import _base
     from morphomu.models._base import FORMAT_VERSION, MANIFEST
 
     model_dir = tmp_path / "model"
@@ -269,24 +270,23 @@ def test_save_is_atomic_versioned_and_never_overwrites_unasked(trained, tmp_path
         "format_version": FORMAT_VERSION,
         "morphomu_version": mm.__version__,
     }
-    weights = (model_dir / "model.pt").read_bytes()
+    weights = (model_dir / "model.safetensors").read_bytes()
     with pytest.raises(MorphomuError, match="exists; pass overwrite=True"):
         trained.save(model_dir)
 
-    def crash(self, dir_path, **kwargs):  # dies half-way through writing
-        Path(dir_path).mkdir()
-        (Path(dir_path) / "model.pt").write_bytes(b"half")
+    def crash(dir_path, **kwargs):  # dies half-way through writing
+        (Path(dir_path) / "model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(BaseModelClass, "save", crash)
+    monkeypatch.setattr(_base, "write_model_files", crash)
     with pytest.raises(OSError, match="disk full"):
         trained.save(model_dir, overwrite=True)
-    assert (model_dir / "model.pt").read_bytes() == weights  # the previous model is intact
+    assert (model_dir / "model.safetensors").read_bytes() == weights  # the previous model is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left behind
 
 
 def test_load_refuses_other_models_newer_formats_and_foreign_directories(trained, tmp_path):
-    from morphomu.models._base import MANIFEST
+    from morphomu.models._base import FORMAT_VERSION, MANIFEST
 
     model_dir = tmp_path / "model"
     trained.save(model_dir)
@@ -294,7 +294,7 @@ def test_load_refuses_other_models_newer_formats_and_foreign_directories(trained
         mm.models.TreatmentClassifier.load(model_dir, trained.adata)
     manifest = json.loads((model_dir / MANIFEST).read_text())
     (model_dir / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(MorphomuError, match="model format 99; this morphomu .* reads formats up to 1"):
+    with pytest.raises(MorphomuError, match=f"model format 99; this morphomu .* reads formats up to {FORMAT_VERSION}"):
         PhenoSeq.load(model_dir, trained.adata)
     (model_dir / MANIFEST).unlink()
     with pytest.raises(MorphomuError, match="has no morphomu.json"):

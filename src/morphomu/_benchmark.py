@@ -6,10 +6,11 @@ Tables 1–2 → ablations → ``report.md``, ``results.json`` and plots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,10 +121,12 @@ def imaging_separability(
 
 
 class _Stage:
-    """Prints a stage's start and end with its duration, and records the duration."""
+    """Prints a stage's start and end with its duration, and records the duration and the stages done."""
 
     def __init__(self, timings: dict[str, float], log: Callable[[str], None]) -> None:
         self.timings, self.log = timings, log
+        self.current: str | None = None  # the stage running (or the one that failed)
+        self.done: list[str] = []
 
     def __call__(self, name: str) -> _Stage:
         self.name = name
@@ -131,12 +134,40 @@ class _Stage:
 
     def __enter__(self) -> None:
         self.log(f"[morphomu benchmark] {self.name} ...")
+        self.current = self.name
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
         self.timings[self.name] = round(time.perf_counter() - self.t0, 1)
         if exc[0] is None:
             self.log(f"[morphomu benchmark] {self.name}: {self.timings[self.name]:.1f} s")
+            self.done.append(self.name)
+            self.current = None
+
+    def failure(self) -> str:
+        """The ``status`` of a run that fails now."""
+        if self.current is not None:
+            return f"failed at {self.current}"
+        return f"failed after {self.done[-1]}" if self.done else "failed before the first stage"
+
+
+@contextlib.contextmanager
+def _results_on_failure(out: Path, results: dict, stage: _Stage) -> Iterator[None]:
+    """On failure, write ``results.json`` with what is finished and ``status`` naming the failed stage.
+
+    Nothing is written when no stage had started (the run failed checking its input).
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if stage.current is None and not stage.done:
+            raise
+        results.update(status=stage.failure(), error=f"{type(exc).__name__}: {exc}", stages_done=stage.done)
+        try:
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+        except Exception as e:
+            stage.log(f"[morphomu benchmark] could not write results.json: {e}")
+        raise
 
 
 def _train_phenoseq(mdata: MuData, config: BenchmarkConfig, *, seed: int):
@@ -187,16 +218,37 @@ def run_benchmark(
 
     ``mdata`` is modified (splits and synthetic modalities are added); ``report.md``, ``results.json`` and
     the plots go into the directory ``out``, which must exist. Returns the results written to
-    ``results.json``.
+    ``results.json`` (``"status": "complete"``). A run that fails writes ``results.json`` all the same,
+    with the stages it finished (``stages_done``, their tables and timings), ``"status": "failed at
+    <stage>"`` and the error, and raises the error again.
     """
-    from . import pl, pp, tl
-
     timings: dict[str, float] = {}
     stage = _Stage(timings, log)
+    seeds = SINGLE_SEED if config.cv else config.seeds
+    # filled stage by stage, so a run that fails still reports what it finished
+    results: dict[str, Any] = {
+        "status": "running",
+        "config": {**config.__dict__, "seeds": list(seeds)},
+        "data": {mod: {"n_cells": int(a.n_obs)} for mod, a in mdata.mod.items()},
+        "classification": [],
+        "fidelity": {"summary": []},
+        "ablations": [],
+        "timings_s": timings,
+        "plots": [],
+    }
+    with _results_on_failure(out, results, stage):
+        return _run_stages(mdata, out=out, config=config, stage=stage, results=results)
+
+
+def _run_stages(mdata: MuData, *, out: Path, config: BenchmarkConfig, stage: _Stage, results: dict) -> dict:
+    from . import pl, pp, tl
+
     t_start = time.perf_counter()
+    timings = stage.timings
     folds = (1, 2, 3) if config.cv else (1,)
     seeds = SINGLE_SEED if config.cv else config.seeds
-    classification, fidelity_rows, ablation_rows, histories = [], [], [], {}
+    classification, histories = [], {}
+    fidelity_rows, ablation_rows = results["fidelity"]["summary"], results["ablations"]
     fidelity_table = None
     for fold in folds:
         tag = f" (fold {fold})" if config.cv else ""
@@ -222,6 +274,7 @@ def run_benchmark(
                 synthetic=C.RNA_SYNTHETIC_MOD,
             )
             classification.append(frame.assign(fold=fold))
+            results["classification"] = pd.concat(classification, ignore_index=True).to_dict(orient="records")
         if config.ablations and fold == 1:
             variants = {
                 "ridge baseline": {"method": "ridge"},
@@ -277,6 +330,8 @@ def run_benchmark(
     with stage("imaging separability"):
         separability = imaging_separability(mdata, image_rep=config.image_rep)
     fidelity_table = fidelity_table.join(separability)
+    results["fidelity"]["per_condition"] = fidelity_table.reset_index().to_dict(orient="records")
+    results["data"] = {mod: {"n_cells": int(a.n_obs)} for mod, a in mdata.mod.items()}
     with stage("plots"):
         plots = _plots(
             mdata,
@@ -288,18 +343,8 @@ def run_benchmark(
             pl=pl,
         )
     timings["total"] = round(time.perf_counter() - t_start, 1)
-    results = {
-        "config": {**config.__dict__, "seeds": list(seeds)},
-        "data": {mod: {"n_cells": int(a.n_obs)} for mod, a in mdata.mod.items()},
-        "classification": classification.to_dict(orient="records"),
-        "fidelity": {
-            "summary": fidelity_rows,
-            "per_condition": fidelity_table.reset_index().to_dict(orient="records"),
-        },
-        "ablations": ablation_rows,
-        "timings_s": timings,
-        "plots": plots,
-    }
+    results["plots"] = plots
+    results["status"] = "complete"
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
     (out / "report.md").write_text(
         render_report(results, classification=classification, fidelity_table=fidelity_table)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import _constants as C
-from ._benchmark import _json_default, _Stage
+from ._benchmark import _json_default, _results_on_failure, _Stage
 from ._errors import ContractError
 
 if TYPE_CHECKING:
@@ -174,13 +174,25 @@ def run_morphology_benchmark(
     """Run the morphology benchmark and write its report into the existing directory ``out``.
 
     ``mdata`` gets the splits (when missing) and is otherwise left as it was. Returns what is written to
-    ``results.json``.
+    ``results.json`` (``"status": "complete"``). A run that fails writes ``results.json`` all the same,
+    with the stages it finished, ``"status": "failed at <stage>"`` and the error, and raises the error
+    again.
     """
-    from . import models, pl, pp, tl
-
     _check(mdata, config)
     timings: dict[str, float] = {}
     stage = _Stage(timings, log)
+    # filled stage by stage, so a run that fails still reports what it finished
+    results: dict[str, Any] = {"status": "running", "config": dict(config.__dict__), "timings_s": timings}
+    with _results_on_failure(out, results, stage):
+        return _run_stages(mdata, out=out, config=config, stage=stage, results=results)
+
+
+def _run_stages(
+    mdata: MuData, *, out: Path, config: MorphologyBenchmarkConfig, stage: _Stage, results: dict
+) -> dict:
+    from . import models, pl, pp, tl
+
+    timings = stage.timings
     t_start = time.perf_counter()
     img = mdata[C.IMAGE_MOD]
     if C.SPLIT_KEY not in img.obs:
@@ -206,6 +218,8 @@ def run_morphology_benchmark(
         if real.n_obs == 0:
             msg = f"the {split!r} test set has no tiles (compounds: {compounds[split]}); check the splits."
             raise ContractError(msg)
+    results["compounds"] = compounds
+    results["data"] = {split: int(real.n_obs) for split, real in real_sets.items()}
 
     max_epochs = config.max_epochs if config.max_epochs is not None else MAX_EPOCHS[config.preset]
     vae_epochs = config.vae_epochs if config.vae_epochs is not None else VAE_EPOCHS[config.preset]
@@ -225,6 +239,9 @@ def run_morphology_benchmark(
         image_vae = model.image_vae  # one latent space for both variants: the comparison is of the generators
         trained[name] = model
         histories[name] = model.history.get("train_loss_epoch")
+        results["training"] = {
+            n: {"epochs": int(len(h)) if h is not None else 0} for n, h in histories.items()
+        }
 
     rows, per_treatment, generated_sets = [], [], {}
     for split in C.COMPOUND_SPLITS:
@@ -242,8 +259,11 @@ def run_morphology_benchmark(
             overall = table.loc["all"]
             rows.append({"split": split, "variant": name, **{k: float(v) for k, v in overall.items()}})
             per_treatment.append(table.drop(index="all").assign(split=split, variant=name))
+            results["image_metrics"] = rows
     metrics = pd.DataFrame(rows)
     per_treatment = pd.concat(per_treatment).rename_axis(C.TREATMENT_KEY).reset_index()
+    results["image_metrics"] = metrics.to_dict(orient="records")
+    results["image_metrics_per_treatment"] = per_treatment.to_dict(orient="records")
 
     with stage("predicted transcriptome accuracy"):
         model = trained[VARIANTS[0]]
@@ -265,6 +285,7 @@ def run_morphology_benchmark(
             expression[split]["rmse_control_mean"] = float(
                 np.sqrt(np.mean((baseline.loc[compounds[split]].to_numpy() - mine) ** 2))
             )
+    results["expression"] = expression
 
     with stage("plots"):
         plots = _plots(
@@ -277,17 +298,8 @@ def run_morphology_benchmark(
             pl=pl,
         )
     timings["total"] = round(time.perf_counter() - t_start, 1)
-    results = {
-        "config": dict(config.__dict__),
-        "compounds": compounds,
-        "data": {split: int(real.n_obs) for split, real in real_sets.items()},
-        "image_metrics": metrics.to_dict(orient="records"),
-        "image_metrics_per_treatment": per_treatment.to_dict(orient="records"),
-        "expression": expression,
-        "training": {name: {"epochs": int(len(h)) if h is not None else 0} for name, h in histories.items()},
-        "timings_s": timings,
-        "plots": plots,
-    }
+    results["plots"] = plots
+    results["status"] = "complete"
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
     (out / "report.md").write_text(render_morphology_report(results, metrics=metrics))
     return results

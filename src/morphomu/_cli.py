@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _constants as C
 from ._errors import MorphomuError
+
+if TYPE_CHECKING:
+    from ._io import StagedOutput
 
 
 def _summary(mdata, *, seconds: float) -> str:
@@ -46,21 +51,20 @@ def _summary(mdata, *, seconds: float) -> str:
 
 def _simulate(args: argparse.Namespace) -> int:
     from . import datasets, pp
-    from ._io import atomic_path, check_writable
 
-    out = check_writable(args.out, overwrite=args.overwrite, arg="--out", flag="--overwrite")
-    t0 = time.perf_counter()
-    kwargs = {"seed": args.seed, "with_images": args.with_images}
-    if args.n_img_cells is not None:
-        kwargs["n_img_cells"] = args.n_img_cells
-    if args.n_rna_cells is not None:
-        kwargs["n_rna_cells"] = args.n_rna_cells
-    print(f"simulating scGeneScope-like data ({kwargs}) ...", flush=True)
-    mdata = datasets.simulate_scgenescope(**kwargs)
-    pp.assign_split(mdata)
-    seconds = time.perf_counter() - t0
-    summary = _summary(mdata, seconds=seconds)
-    with atomic_path(out, overwrite=args.overwrite, arg="--out", flag="--overwrite") as tmp:
+    with _staged_out(args) as staged:  # checked now; published below, never over what may not be replaced
+        out, tmp = staged.path, staged.tmp
+        t0 = time.perf_counter()
+        kwargs = {"seed": args.seed, "with_images": args.with_images}
+        if args.n_img_cells is not None:
+            kwargs["n_img_cells"] = args.n_img_cells
+        if args.n_rna_cells is not None:
+            kwargs["n_rna_cells"] = args.n_rna_cells
+        print(f"simulating scGeneScope-like data ({kwargs}) ...", flush=True)
+        mdata = datasets.simulate_scgenescope(**kwargs)
+        pp.assign_split(mdata)
+        seconds = time.perf_counter() - t0
+        summary = _summary(mdata, seconds=seconds)
         tmp.mkdir()
         mdata.write(tmp / "simulated.h5mu")
         (tmp / "summary.md").write_text(summary)
@@ -68,25 +72,91 @@ def _simulate(args: argparse.Namespace) -> int:
         (tmp / "summary.json").write_text(
             json.dumps({"cells": counts, "seconds": round(seconds, 2), **kwargs}, indent=2)
         )
+        staged.commit()
     print(summary)
     print(f"wrote {out / 'simulated.h5mu'} and {out / 'summary.md'}")
     return 0
 
 
-def _load_benchmark_data(args: argparse.Namespace):
-    """The MuData the benchmark runs on, and a description of it."""
+def _staged_out(args: argparse.Namespace) -> StagedOutput:
+    """The output directory ``--out``, checked before any work (see :class:`morphomu._io.StagedOutput`)."""
+    from ._io import StagedOutput
+
+    return StagedOutput(args.out, overwrite=args.overwrite, arg="--out", flag="--overwrite", kind="dir")
+
+
+def _run_into(staged: StagedOutput, run: Callable[[Path], dict]) -> dict:
+    """Run a benchmark writing into ``staged.tmp`` and publish it; on failure publish what it finished.
+
+    A benchmark that fails once a stage has started writes ``results.json`` with its finished stages and
+    ``"status": "failed at <stage>"``; that partial output is published like a complete one (at a
+    ``.conflict-`` sibling if ``--out`` may not be replaced) and the exception is raised again. One that
+    fails before (its checks of the data) publishes nothing.
+    """
+    staged.tmp.mkdir()
+    try:
+        results = run(staged.tmp)
+    except BaseException:
+        path = staged.tmp / "results.json"
+        if not path.is_file():  # nothing computed: nothing to publish
+            raise
+        status = json.loads(path.read_text()).get("status", "failed")
+        try:
+            staged.commit()
+        except MorphomuError as e:
+            print(f"[morphomu benchmark] {e}", file=sys.stderr)
+        if staged.published is not None:
+            print(
+                f"[morphomu benchmark] {status}; the finished stages are in {staged.published / 'results.json'}",
+                file=sys.stderr,
+            )
+        raise
+    staged.commit()
+    return results
+
+
+def _check_data_file(path: Path | None) -> None:
+    """Refuse ``--data`` before any work unless it is an HDF5 file (an ``.h5mu`` is one)."""
+    import h5py
+
+    if path is None:
+        return
+    if not path.is_file():
+        msg = f"--data={str(path)!r} is not a file; expected an .h5mu written by morphomu or mudata."
+        raise MorphomuError(msg)
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as e:  # unreadable: permissions, I/O error
+        msg = f"--data={str(path)!r} cannot be read ({e}); expected an .h5mu written by morphomu or mudata."
+        raise MorphomuError(msg) from None
+    if not is_hdf5:
+        msg = (
+            f"--data={str(path)!r} is not an HDF5 file; expected an .h5mu written by morphomu or mudata "
+            "(e.g. by `morphomu simulate` or mdata.write_h5mu)."
+        )
+        raise MorphomuError(msg)
+
+
+def _read_data_file(path: Path):
+    """Read ``--data``; a truncated or corrupt ``.h5mu`` is named rather than left to a bare h5py traceback."""
     import mudata
 
+    try:
+        return mudata.read_h5mu(path)
+    except (OSError, KeyError) as e:  # h5py's errors for a file it cannot read or an object it cannot open
+        msg = f"--data={str(path)!r} is not a readable .h5mu ({type(e).__name__}: {e}); it may be truncated or corrupt."
+        raise MorphomuError(msg) from None
+
+
+def _load_benchmark_data(args: argparse.Namespace):
+    """The MuData the benchmark runs on, and a description of it."""
     from . import datasets
 
     if args.data is not None and args.scgenescope is not None:
         msg = "give at most one of --data and --scgenescope."
         raise MorphomuError(msg)
     if args.data is not None:
-        if not args.data.is_file():
-            msg = f"--data={str(args.data)!r} is not a file; expected an .h5mu written by morphomu or mudata."
-            raise MorphomuError(msg)
-        mdata = mudata.read_h5mu(args.data)
+        mdata = _read_data_file(args.data)
         simulated = "simulation" in mdata.uns.get(C.UNS_KEY, {})  # the simulator stores its ground truth
         return mdata, str(args.data), simulated
     if args.scgenescope is not None:
@@ -99,44 +169,41 @@ def _load_benchmark_data(args: argparse.Namespace):
 
 
 def _benchmark_morphology(args: argparse.Namespace) -> int:
-    import mudata
-
     from . import datasets
     from ._benchmark_morphology import DEFAULT_DATA, MorphologyBenchmarkConfig, run_morphology_benchmark
-    from ._io import atomic_path, check_writable
 
-    out = check_writable(args.out, overwrite=args.overwrite, arg="--out", flag="--overwrite")
     if args.scgenescope is not None:
         msg = (
             "--task morphology needs image tiles, which the scGeneScope feature release does not hold; give an "
             ".h5mu with mdata['img'].obsm['images'] via --data, or run on the simulator (no data option)."
         )
         raise MorphomuError(msg)
-    t0 = time.perf_counter()
-    print("[morphomu benchmark] loading data ...", flush=True)
-    if args.data is not None:
-        if not args.data.is_file():
-            msg = f"--data={str(args.data)!r} is not a file; expected an .h5mu written by morphomu or mudata."
-            raise MorphomuError(msg)
-        mdata = mudata.read_h5mu(args.data)
-        description, simulated = str(args.data), "simulation" in mdata.uns.get(C.UNS_KEY, {})
-    else:
-        mdata = datasets.simulate_scgenescope(seed=args.seed, **DEFAULT_DATA)
-        kwargs = ", ".join(f"{k}={v!r}" for k, v in DEFAULT_DATA.items())
-        description, simulated = f"simulate_scgenescope(seed={args.seed}, {kwargs})", True
-    config = MorphologyBenchmarkConfig(
-        preset=args.preset,
-        accelerator=args.accelerator,
-        max_epochs=args.max_epochs,
-        n_steps=args.n_steps,
-        classifier_hparams=args.classifier_hparams or ("tiny" if args.preset == "tiny" else "fast"),
-        simulated=simulated,
-        data=description,
+    with _staged_out(args) as staged:  # checked before any work; published by _run_into
+        t0 = time.perf_counter()
+        print("[morphomu benchmark] loading data ...", flush=True)
+        if args.data is not None:
+            mdata = _read_data_file(args.data)
+            description, simulated = str(args.data), "simulation" in mdata.uns.get(C.UNS_KEY, {})
+        else:
+            mdata = datasets.simulate_scgenescope(seed=args.seed, **DEFAULT_DATA)
+            kwargs = ", ".join(f"{k}={v!r}" for k, v in DEFAULT_DATA.items())
+            description, simulated = f"simulate_scgenescope(seed={args.seed}, {kwargs})", True
+        config = MorphologyBenchmarkConfig(
+            preset=args.preset,
+            accelerator=args.accelerator,
+            max_epochs=args.max_epochs,
+            n_steps=args.n_steps,
+            classifier_hparams=args.classifier_hparams or ("tiny" if args.preset == "tiny" else "fast"),
+            simulated=simulated,
+            data=description,
+        )
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        results = _run_into(
+            staged, lambda tmp: run_morphology_benchmark(mdata, out=tmp, config=config, log=log)
+        )
+    print(
+        f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {staged.path / 'report.md'}"
     )
-    with atomic_path(out, overwrite=args.overwrite, arg="--out", flag="--overwrite") as tmp:
-        tmp.mkdir()
-        results = run_morphology_benchmark(mdata, out=tmp, config=config, log=lambda m: print(m, flush=True))
-    print(f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
     print(f"[morphomu benchmark] plots: {', '.join(results['plots'])}")
     return 0
 
@@ -145,13 +212,22 @@ def _benchmark(args: argparse.Namespace) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files; no display needed
     if args.preset is None:
         args.preset = "tiny" if args.task == "morphology" else "fast"
+    if args.scgenescope is None:  # both given: the data loader names the conflict
+        _check_data_file(args.data)  # before any work, for both tasks
+    if args.n_steps is not None:  # refused now, not after the models have trained
+        from ._validation import max_diffusion_steps
+
+        if not 1 <= args.n_steps <= max_diffusion_steps():
+            msg = (
+                f"--n-steps={args.n_steps}: expected a positive integer of at most {max_diffusion_steps()} "
+                "(the noise schedule's timesteps)."
+            )
+            raise MorphomuError(msg)
     if args.task == "morphology":
         return _benchmark_morphology(args)
     from ._benchmark import BenchmarkConfig, run_benchmark
-    from ._io import atomic_path, check_writable
     from ._validation import validate
 
-    out = check_writable(args.out, overwrite=args.overwrite, arg="--out", flag="--overwrite")
     if args.preset not in ("tiny", "fast", "paper"):  # argparse choices already; kept for programmatic use
         msg = f"--preset={args.preset!r}: choose tiny, fast or paper."
         raise MorphomuError(msg)
@@ -159,32 +235,46 @@ def _benchmark(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             msg = f"{name}={value}: expected a positive integer."
             raise MorphomuError(msg)
-    t0 = time.perf_counter()
-    print("[morphomu benchmark] loading data ...", flush=True)
-    mdata, description, simulated = _load_benchmark_data(args)
-    image_rep = args.image_rep if args.image_rep != "X" else None
-    rna_rep = args.rna_rep if args.rna_rep != "X" else None
-    validate(mdata, mods={C.IMAGE_MOD: image_rep, C.RNA_MOD: rna_rep}, uns=False)
-    config = BenchmarkConfig(
-        preset=args.preset,
-        accelerator=args.accelerator,
-        seeds=tuple(args.seeds),
-        cv=args.cv,
-        max_epochs=args.max_epochs,
-        classifier_hparams=args.classifier_hparams or args.preset,
-        n_steps=args.n_steps,
-        simulated=simulated,
-        data=description,
-        image_rep=image_rep,
-        rna_rep=rna_rep,
-        ablations=not args.no_ablations,
-        umap=not args.no_umap,
+    with _staged_out(args) as staged:  # checked before any work; published by _run_into
+        t0 = time.perf_counter()
+        print("[morphomu benchmark] loading data ...", flush=True)
+        mdata, description, simulated = _load_benchmark_data(args)
+        image_rep = args.image_rep if args.image_rep != "X" else None
+        rna_rep = args.rna_rep if args.rna_rep != "X" else None
+        validate(mdata, mods={C.IMAGE_MOD: image_rep, C.RNA_MOD: rna_rep}, uns=False)
+        config = BenchmarkConfig(
+            preset=args.preset,
+            accelerator=args.accelerator,
+            seeds=tuple(args.seeds),
+            cv=args.cv,
+            max_epochs=args.max_epochs,
+            classifier_hparams=args.classifier_hparams or args.preset,
+            n_steps=args.n_steps,
+            simulated=simulated,
+            data=description,
+            image_rep=image_rep,
+            rna_rep=rna_rep,
+            ablations=not args.no_ablations,
+            umap=not args.no_umap,
+        )
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        results = _run_into(staged, lambda tmp: run_benchmark(mdata, out=tmp, config=config, log=log))
+    print(
+        f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {staged.path / 'report.md'}"
     )
-    with atomic_path(out, overwrite=args.overwrite, arg="--out", flag="--overwrite") as tmp:
-        tmp.mkdir()
-        results = run_benchmark(mdata, out=tmp, config=config, log=lambda m: print(m, flush=True))
-    print(f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
     print(f"[morphomu benchmark] plots: {', '.join(results['plots'])}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Rewrite a trusted format-1 (pickled) model directory in the current, pickle-free format."""
+    from .models._base import convert_model_dir
+
+    out = args.out if args.out is not None else args.dir
+    manifest = convert_model_dir(args.dir, out, overwrite=args.out is None or args.overwrite)
+    print(
+        f"converted the {manifest['model']} at {args.dir} to model format {manifest['format_version']}: {out}"
+    )
     return 0
 
 
@@ -263,6 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-umap", action="store_true", help="skip the UMAP overlay plot")
     bench.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     bench.set_defaults(func=_benchmark)
+
+    conv = sub.add_parser(
+        "convert",
+        help="rewrite a model directory saved by morphomu < 0.2 (pickled) in the current pickle-free format",
+        description=(
+            "Reads DIR's format-1 model.pt through an unpickler that admits only arrays, tables and tensors, "
+            "and writes model.safetensors + attributes.json. Convert only directories from a trusted source. "
+            "Without --out, DIR is replaced (atomically) by the converted model."
+        ),
+    )
+    conv.add_argument("dir", type=Path, help="the model directory (with morphomu.json)")
+    conv.add_argument(
+        "--out", type=Path, default=None, help="write the converted model here instead (created)"
+    )
+    conv.add_argument("--overwrite", action="store_true", help="replace --out if it is a morphomu output")
+    conv.set_defaults(func=_convert)
     return parser
 
 
@@ -273,9 +379,27 @@ def _quiet_third_party_warnings() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+class _StderrHandler(logging.Handler):
+    """Log records on the current ``sys.stderr`` (looked up at each record, not bound once)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_output_log() -> None:
+    """Show what morphomu's output handling logs (the backup of a replaced output, a restored backup)."""
+    log = logging.getLogger("morphomu._io")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[morphomu] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``morphomu`` console script."""
     _quiet_third_party_warnings()
+    _show_output_log()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

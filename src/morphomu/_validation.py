@@ -1,13 +1,17 @@
-"""Checks of data against the MuData contract, shared by every public function.
+"""Checks of arguments and of data against the MuData contract, shared by every public function.
 
-Every check runs before any work starts and raises :class:`~morphomu.ContractError` naming the
-argument, the modality, the key and what was expected. Nothing here modifies the data.
+Every check runs before any work starts. Data checks raise :class:`~morphomu.ContractError` naming the
+argument, the modality, the key and what was expected; argument checks (sizes, rates, fractions, memory)
+raise :class:`~morphomu.MorphomuError` naming the argument, the value and what was expected. Nothing
+here modifies the data.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +19,7 @@ import pandas as pd
 from scipy import sparse
 
 from . import _constants as C
-from ._errors import ContractError
+from ._errors import ContractError, MorphomuError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -23,6 +27,236 @@ if TYPE_CHECKING:
 
 #: Rows scanned at a time when checking a matrix that lives on disk.
 _CHUNK_ROWS = 16_384
+
+
+# ---------------------------------------------------------------------------------------------------
+# scalar arguments: sizes, rates, fractions, diffusion steps, memory
+# ---------------------------------------------------------------------------------------------------
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_int(
+    value: Any,
+    arg: str,
+    *,
+    minimum: int | None = 1,
+    maximum: int | None = None,
+    why: str = "",
+    error: type[MorphomuError] = MorphomuError,
+) -> int:
+    """Return ``value`` as an ``int``, raising unless it is an integer in ``[minimum, maximum]``.
+
+    A Python ``int`` or a numpy integer; ``bool``, ``str`` and ``float`` (even ``64.0``) are refused, so
+    a size read from a config file as text or computed as a float is caught here rather than deep in
+    torch.
+
+    Parameters
+    ----------
+    value
+        The argument's value.
+    arg
+        The argument's name, as the user wrote it.
+    minimum, maximum
+        Inclusive bounds; ``None`` for none.
+    why
+        Appended to the expectation, e.g. ``' (one cell per sample)'``.
+    error
+        The error class raised (:class:`~morphomu.ContractError` where a function documents it).
+
+    Returns
+    -------
+    The value as a Python ``int``.
+    """
+    if minimum is not None and maximum is not None:
+        expected = f"an integer between {minimum} and {maximum}"
+    elif minimum == 1:
+        expected = "a positive integer"
+    elif minimum == 0:
+        expected = "a non-negative integer"
+    elif minimum is not None:
+        expected = f"an integer >= {minimum}"
+    elif maximum is not None:
+        expected = f"an integer <= {maximum}"
+    else:
+        expected = "an integer"
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        msg = f"{arg} must be {expected}{why}, got {value!r} of type {_type_name(value)} (pass an int)."
+        raise error(msg)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        msg = f"{arg} must be {expected}{why}, got {value}."
+        raise error(msg)
+    return int(value)
+
+
+def check_positive_int(value: Any, arg: str, *, error: type[MorphomuError] = MorphomuError) -> int:
+    """Return ``value`` as an ``int``, raising unless it is an integer >= 1 (see :func:`check_int`)."""
+    return check_int(value, arg, minimum=1, error=error)
+
+
+def check_nonnegative_int(value: Any, arg: str, *, error: type[MorphomuError] = MorphomuError) -> int:
+    """Return ``value`` as an ``int``, raising unless it is an integer >= 0 (see :func:`check_int`)."""
+    return check_int(value, arg, minimum=0, error=error)
+
+
+def check_number(
+    value: Any,
+    arg: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    error: type[MorphomuError] = MorphomuError,
+) -> float:
+    """Return ``value`` as a ``float``, raising unless it is a finite real number within the bounds.
+
+    Parameters
+    ----------
+    value
+        The argument's value (a Python or numpy number; not ``bool`` or ``str``).
+    arg
+        The argument's name.
+    low, high
+        Bounds; ``None`` for none.
+    low_open, high_open
+        Exclude the bound itself (``lr > 0`` is ``low=0, low_open=True``).
+    error
+        The error class raised.
+
+    Returns
+    -------
+    The value as a Python ``float``.
+    """
+    if low is not None and high is not None:
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        expected = f"a finite number {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        expected = f"a finite number {'<' if high_open else '<='} {high:g}"
+    else:
+        expected = "a finite number"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        msg = f"{arg} must be {expected}, got {value!r} of type {_type_name(value)}."
+        raise error(msg)
+    x = float(value)
+    if (
+        not math.isfinite(x)
+        or (low is not None and (x <= low if low_open else x < low))
+        or (high is not None and (x >= high if high_open else x > high))
+    ):
+        msg = f"{arg} must be {expected}, got {value!r}."
+        raise error(msg)
+    return x
+
+
+def check_positive(value: Any, arg: str, *, error: type[MorphomuError] = MorphomuError) -> float:
+    """Return ``value`` as a ``float``, raising unless it is a finite number > 0 (a learning rate, a scale)."""
+    return check_number(value, arg, low=0.0, low_open=True, error=error)
+
+
+def check_nonnegative(value: Any, arg: str, *, error: type[MorphomuError] = MorphomuError) -> float:
+    """Return ``value`` as a ``float``, raising unless it is a finite number >= 0 (a weight decay, a KL weight)."""
+    return check_number(value, arg, low=0.0, error=error)
+
+
+def check_fraction(value: Any, arg: str, *, error: type[MorphomuError] = MorphomuError) -> float:
+    """Return ``value`` as a ``float``, raising unless ``0 <= value < 1`` (a dropout or drop probability)."""
+    return check_number(value, arg, low=0.0, high=1.0, high_open=True, error=error)
+
+
+def optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    """``check`` that also accepts ``None`` (an argument whose ``None`` means a default)."""
+
+    def checked(value: Any, arg: str) -> Any:
+        return None if value is None else check(value, arg)
+
+    return checked
+
+
+def check_args(values: Mapping[str, Any], checks: Mapping[str, Callable[[Any, str], Any]]) -> dict[str, Any]:
+    """Run ``checks[name](value, name)`` for every ``name -> value`` of ``values`` that has a check.
+
+    A model keeps one table of checks per method and runs it first thing; the tools that forward keyword
+    arguments to that method (``train_kwargs``, ``**generate_kwargs``) run the same table on them before
+    they start any work. Names without a check are left to the method.
+
+    Returns
+    -------
+    The checked values (``int`` / ``float``), by name.
+    """
+    return {name: checks[name](value, name) for name, value in values.items() if name in checks}
+
+
+def max_diffusion_steps() -> int:
+    """The number of training timesteps of morphomu's noise schedule: the most sampling steps there can be."""
+    from .module._diffusion import SCHEDULER_CONFIG  # no torch / diffusers import
+
+    return int(SCHEDULER_CONFIG["num_train_timesteps"])
+
+
+def check_n_steps(value: Any, arg: str = "n_steps") -> int:
+    """Return the number of diffusion sampling steps, raising unless ``1 <= value <= T``.
+
+    ``T`` is the scheduler's number of training timesteps (:func:`max_diffusion_steps`, 1000): DDIM
+    samples a subset of them, so more steps than that do not exist.
+    """
+    t = max_diffusion_steps()
+    return check_int(value, arg, minimum=1, maximum=t, why=f" (the noise schedule has {t} timesteps)")
+
+
+def available_memory() -> int:
+    """Memory available to a new allocation now, in bytes.
+
+    ``MemAvailable`` of ``/proc/meminfo`` (what the kernel can hand out without swapping), else the
+    total physical memory where that cannot be read.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError, AttributeError):  # no sysconf (Windows): no limit known
+        return 1 << 62
+
+
+def format_bytes(n_bytes: float) -> str:
+    """``n_bytes`` in binary units, e.g. ``'1.5 GiB'``."""
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"  # pragma: no cover
+
+
+def check_memory(
+    n_bytes: float, *, what: str, hint: str = "", error: type[MorphomuError] = MorphomuError
+) -> None:
+    """Raise before any allocation if an estimated ``n_bytes`` exceeds the memory available now.
+
+    Parameters
+    ----------
+    n_bytes
+        The estimated peak memory of the work.
+    what
+        What needs it, e.g. ``'simulate_scgenescope(n_img_cells=10**9, ...)'``.
+    hint
+        How to do with less, appended to the message.
+    error
+        The error class raised.
+    """
+    available = available_memory()
+    if n_bytes > available:
+        msg = (
+            f"{what} needs about {format_bytes(n_bytes)} of memory, but only {format_bytes(available)} is "
+            f"available{'; ' + hint if hint else ''}."
+        )
+        raise error(msg)
 
 
 def where(mod: str | None, rep: str | None = None) -> str:

@@ -18,10 +18,11 @@ Two ways to hold the result:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
-from .._errors import ContractError, MorphomuWarning
-from .._io import atomic_path
+from .._errors import ContractError, MorphomuError, MorphomuWarning
+from .._io import atomic_path, check_writable, is_morphomu_output
 from .._mudata import no_pull_on_update
 from .._uns import store
 
@@ -69,6 +70,9 @@ CONTROL_SPELLINGS = frozenset(
 
 #: Canonical obs columns the reader adds (the release's own columns are kept unchanged beside them).
 CANONICAL_COLS = (C.SAMPLE_KEY, C.TREATMENT_KEY, C.REPLICATE_KEY, C.ROUND_KEY, C.SMILES_KEY)
+
+#: File-name start of the backed indexes morphomu writes in ``{root}/morphomu/``.
+INDEX_PREFIX = "index__"
 
 #: Bytes densified at a time when a release file stores its features sparse (bounded extra memory).
 _COPY_BYTES = 64 * 2**20
@@ -196,11 +200,34 @@ def _describe(f: h5py.File, name: str, path: Path) -> _Matrix | None:
     return _Matrix(name, encoding, shape, np.dtype(dtype))
 
 
-def _read_round_file(modality: _Modality, path: Path, round_: int) -> _RoundFile:
+@contextlib.contextmanager
+def _release_file(path: Path) -> Iterator[h5py.File]:
+    """Open a release file read-only; an HDF5 read error (a truncated or corrupt file) names the file.
+
+    h5py raises ``OSError`` for a file it cannot open or read (not HDF5, truncated: the superblock's
+    end-of-file lies past the file's end) and ``KeyError("Unable to ...")`` for an object whose header is
+    damaged; both would otherwise surface as bare tracebacks that do not say which of the files is bad.
+    """
     import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except (OSError, KeyError) as e:
+        if isinstance(e, KeyError) and "Unable to" not in str(e):  # not an HDF5 read error
+            raise
+        detail = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        msg = (
+            f"{path} is not a readable HDF5 file ({type(e).__name__}: {detail}); the release file is truncated "
+            "or corrupt (an interrupted download?): download it again."
+        )
+        raise MorphomuError(msg) from e
+
+
+def _read_round_file(modality: _Modality, path: Path, round_: int) -> _RoundFile:
     from anndata.io import read_elem
 
-    with h5py.File(path, "r") as f:
+    with _release_file(path) as f:
         for key in ("obs", "var"):
             if key not in f:
                 msg = f"{path} has no /{key}; expected an AnnData (.h5ad) file of the scGeneScope release."
@@ -460,14 +487,12 @@ def _copy_rows(f: h5py.File, matrix: _Matrix, out: np.ndarray, offset: int) -> N
 
 def _read_features(files: list[_RoundFile]) -> np.ndarray:
     """The rounds' features, read straight into one preallocated array (no concatenation copy)."""
-    import h5py
-
     n_obs = sum(rf.features.shape[0] for rf in files)
     dtype = np.result_type(*(rf.features.dtype for rf in files))
     features = np.empty((n_obs, files[0].features.shape[1]), dtype=dtype)
     offset = 0
     for rf in files:
-        with h5py.File(rf.path, "r") as f:
+        with _release_file(rf.path) as f:
             _copy_rows(f, rf.features, features, offset)
         offset += rf.features.shape[0]
     return features
@@ -475,7 +500,6 @@ def _read_features(files: list[_RoundFile]) -> np.ndarray:
 
 def _load_modality(modality: _Modality, files: list[_RoundFile]) -> AnnData:
     """In memory: features to ``.obsm[rep]``, the file's other ``.X`` (RNA counts) to ``.X``."""
-    import h5py
     from anndata.io import read_elem
     from scipy import sparse
 
@@ -484,7 +508,7 @@ def _load_modality(modality: _Modality, files: list[_RoundFile]) -> AnnData:
     xs = []
     for rf in files:
         if rf.x is not None:
-            with h5py.File(rf.path, "r") as f:
+            with _release_file(rf.path) as f:
                 xs.append(read_elem(f["X"]))
     if xs:
         if sparse.issparse(xs[0]):
@@ -513,8 +537,6 @@ def _virtual(
 
 def _link_matrix(group: h5py.Group, name: str, files: list[_RoundFile], which: str) -> None:
     """Write ``group[name]`` as a view of the rounds' matrices (``which``: 'features' or 'x') in anndata's encoding."""
-    import h5py
-
     matrices = [getattr(rf, which) for rf in files]
     first = matrices[0]
     dtypes = {m.dtype for m in matrices}
@@ -548,7 +570,7 @@ def _link_matrix(group: h5py.Group, name: str, files: list[_RoundFile], which: s
     indptrs, parts = [], {"data": [], "indices": []}
     nnz = 0
     for rf, m in zip(files, matrices, strict=True):
-        with h5py.File(rf.path, "r") as f:
+        with _release_file(rf.path) as f:
             src = f[m.name]
             indptr = src["indptr"][:].astype(np.int64)  # n_rows + 1 integers: small, stored in the index
             for key in parts:
@@ -566,7 +588,35 @@ def _link_matrix(group: h5py.Group, name: str, files: list[_RoundFile], which: s
 
 def _index_path(root: Path, mods: list[_Modality], rounds: list[int]) -> Path:
     slug = "__".join(f"{m.mod}-{m.embedding.replace('/', '-')}" for m in mods)
-    return root / "morphomu" / f"index__{slug}__rounds-{'-'.join(map(str, rounds))}.h5mu"
+    return root / "morphomu" / f"{INDEX_PREFIX}{slug}__rounds-{'-'.join(map(str, rounds))}.h5mu"
+
+
+def _check_index_path(index_path: Any, root: Path, default: Path) -> tuple[Path, bool]:
+    """The backed index's absolute path, checked before any work; and whether its place is morphomu's own.
+
+    The index is rewritten on every call, so it may replace only an earlier index: never the release
+    root or one of its files, a directory, a symbolic link or a file morphomu did not write. The default
+    folder ``{root}/morphomu/`` is morphomu's own: an index there is replaced even without a marker.
+    """
+    index = (
+        Path(os.path.normpath(Path(index_path).expanduser().absolute()))
+        if index_path is not None
+        else default
+    )
+    real = Path(os.path.realpath(index))
+    own = root / "morphomu"
+    in_release = real.is_relative_to(root) and not real.is_relative_to(own)
+    if real == root or (in_release and real.exists() and not is_morphomu_output(real)):
+        what = "the release root" if real == root else "a file of the scGeneScope release"
+        msg = (
+            f"index_path={str(index_path)!r} is {what} ({str(root)!r}); the index is rewritten on every call "
+            f"and may replace only an earlier index. Pass a new file path, or leave index_path=None "
+            f"(default: {str(default)!r})."
+        )
+        raise MorphomuError(msg)
+    owned = index.parent == own and index.name.startswith(INDEX_PREFIX) and index.suffix == ".h5mu"
+    check_writable(index, overwrite=True, arg="index_path", flag="read_scgenescope", kind="file", owned=owned)
+    return index, owned
 
 
 # --- the public function ------------------------------------------------------------------------------------
@@ -629,8 +679,10 @@ def read_scgenescope(
         Where to write the index in backed mode. It holds obs, var and ``uns``, 8 bytes per RNA cell for a
         sparse ``.X``, and the mappings onto the release files; it is rewritten on every call, so open it
         through this function (reopened with :func:`mudata.read_h5mu` it lacks ``.obsm['X_scgpt']``).
-        Default: ``{root}/morphomu/index__{modalities}__rounds-{rounds}.h5mu``. It refers to the release
-        files by absolute path; if they move, their rows read as NaN (which :func:`morphomu.pp.validate`
+        Default: ``{root}/morphomu/index__{modalities}__rounds-{rounds}.h5mu``. An existing file is replaced
+        only if it is an index morphomu wrote (or lies in ``{root}/morphomu/``): the release root, its
+        files, a directory, a symbolic link or another file are refused before anything is read. It
+        refers to the release files by absolute path; if they move, their rows read as NaN (which :func:`morphomu.pp.validate`
         reports): read again. Ignored in memory.
 
     Returns
@@ -645,6 +697,10 @@ def read_scgenescope(
         missing values in one (the column and the file are named), feature dimensions or ``var_names``
         that differ between the rounds, a sample that spans several treatments or replicates, or
         ``Group`` marking the control where ``Treatment`` names a compound.
+    MorphomuError
+        Backed, before anything is read: ``index_path`` is the release root or one of its files, a
+        directory, a symbolic link, or a file that is not an index morphomu wrote. A release file that
+        is not a readable HDF5 file (truncated or corrupt), naming the file.
 
     Warns
     -----
@@ -663,6 +719,9 @@ def read_scgenescope(
     import mudata
 
     root, mods, rounds, is_backed = _check_args(root, imaging, rnaseq, rounds, backed)
+    index, owned = None, False
+    if is_backed:  # before any work: the index may replace only an earlier index
+        index, owned = _check_index_path(index_path, root, _index_path(root, mods, rounds))
     paths = {m.mod: [m.path(root, r) for r in rounds] for m in mods}
     missing = [str(p) for ps in paths.values() for p in ps if not p.is_file()]
     if missing:
@@ -676,10 +735,6 @@ def read_scgenescope(
     for m in mods:
         _check_rounds_agree(m, files[m.mod])
     _check_samples(files)
-    index = None
-    if is_backed:
-        index = Path(index_path) if index_path is not None else _index_path(root, mods, rounds)
-        index = index.expanduser().resolve()
 
     entry = {
         "params": {
@@ -714,7 +769,9 @@ def read_scgenescope(
         skeleton = mudata.MuData({m.mod: _annotations(m, files[m.mod]) for m in mods})
     store(skeleton, "read_scgenescope", entry)
     try:
-        with atomic_path(index, overwrite=True, arg="index_path") as tmp:
+        with atomic_path(
+            index, overwrite=True, arg="index_path", flag="read_scgenescope", kind="file", owned=owned
+        ) as tmp:
             skeleton.write_h5mu(tmp)
             with h5py.File(tmp, "a") as f:
                 for m in mods:

@@ -23,8 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import _constants as C
+from .._errors import MorphomuError
+from .._validation import check_memory, check_positive_int
 
-__all__ = ["render_tiles"]
+__all__ = ["render_tiles", "tile_memory"]
 
 #: Most cells drawn in one tile (the centre cell included).
 MAX_CELLS = 10
@@ -32,6 +34,11 @@ MAX_CELLS = 10
 BASE_CELLS = 4.0
 #: Tiles rendered at once (bounds the temporary (tiles x cells x H x W) arrays).
 _TILE_BLOCK = 256
+#: Bytes of temporaries per pixel of a tile while its block renders (per-cell patches of ~16 float32
+#: arrays for up to :data:`MAX_CELLS` cells, the padded canvas, the float tile and its noise); measured
+#: ~140 at 64 and 128 px.
+_RENDER_BYTES_PER_PIXEL = 160
+_DTYPES = ("uint8", "float16")
 
 
 def _ramp(x: np.ndarray, width: float) -> np.ndarray:
@@ -128,6 +135,23 @@ def _render_block(rng: np.random.Generator, z: np.ndarray, col: dict[str, int], 
     return np.clip(tiles, 0.0, 1.0, out=tiles)
 
 
+def tile_memory(n_tiles: int, image_size: int, dtype: str = "uint8") -> int:
+    """Estimated peak memory of :func:`render_tiles`, in bytes: the tiles plus one block's temporaries.
+
+    Parameters
+    ----------
+    n_tiles
+        Tiles rendered.
+    image_size
+        Tile height and width.
+    dtype
+        ``'uint8'`` or ``'float16'``.
+    """
+    pixels = int(image_size) ** 2
+    out = int(n_tiles) * C.N_STAINS * pixels * np.dtype(dtype).itemsize
+    return out + min(int(n_tiles), _TILE_BLOCK) * pixels * _RENDER_BYTES_PER_PIXEL
+
+
 def render_tiles(
     rng: np.random.Generator,
     latent: np.ndarray,
@@ -156,10 +180,25 @@ def render_tiles(
     -------
     Tiles of shape ``(n, 5, image_size, image_size)``, channels in the order of the stains
     ``DNA, RNA, AGP, Mito, ER``.
+
+    Raises
+    ------
+    MorphomuError
+        A size that is not a positive integer, an unknown dtype, or tiles whose estimated memory
+        (:func:`tile_memory`) exceeds the memory available, before anything is allocated.
     """
+    image_size = check_positive_int(image_size, "image_size")
+    if dtype not in _DTYPES:
+        msg = f"dtype={dtype!r} is unknown; choose one of {list(_DTYPES)}."
+        raise MorphomuError(msg)
+    n = len(latent)
+    check_memory(
+        tile_memory(n, image_size, dtype),
+        what=f"rendering {n:,} tiles of 5 x {image_size} x {image_size} {dtype}",
+        hint="render fewer or smaller tiles",
+    )
     col = {name: i for i, name in enumerate(axes)}
     latent = np.asarray(latent, dtype=np.float32)
-    n = len(latent)
     out = np.empty((n, C.N_STAINS, image_size, image_size), dtype=np.dtype(dtype))
     for start in range(0, n, _TILE_BLOCK):
         block = _render_block(rng, latent[start : start + _TILE_BLOCK], col, image_size)

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from scvi.model.base import BaseModelClass
 
-from .._errors import MorphomuError
+from .._errors import MorphomuError, MorphomuWarning
 from .._io import atomic_path
+from ._format import FORMAT_VERSION, MANIFEST, read_model_files, write_model_files
 
 __all__ = ["FORMAT_VERSION", "MorphomuModel", "feature_field", "finish_ema_training"]
-
-#: Version of morphomu's saved-model layout (scvi-tools' ``model.pt`` plus :data:`MANIFEST`). Raise it
-#: when a change makes older morphomu versions unable to read what this one writes.
-FORMAT_VERSION = 1
-#: File beside ``model.pt`` naming the model class, the format version and the morphomu version.
-MANIFEST = "morphomu.json"
 
 
 def feature_field(key: str, rep: str | None, mod: str) -> Any:
@@ -53,17 +51,74 @@ def finish_ema_training(model: Any, plan: Any) -> None:
     model.module.eval()
 
 
+#: Files :meth:`MorphomuModel.save` writes the data to with ``save_anndata=True`` (scvi-tools' names).
+_DATA_FILES = {"setup_mudata": "mdata.h5mu", "setup_anndata": "adata.h5ad"}
+
+
 def _manifest_path(dir_path: Path, prefix: str | None) -> Path:
     return dir_path / f"{prefix or ''}{MANIFEST}"
 
 
-class MorphomuModel(BaseModelClass):
-    """Base of morphomu's models: scvi-tools' model API with atomic, versioned directories.
+def _torch_device(accelerator: str, device: int | str) -> str:
+    """The torch device for scvi-tools' ``accelerator`` / ``device`` arguments of :meth:`MorphomuModel.load`."""
+    import torch
 
-    :meth:`save` writes to a temporary sibling directory and renames it, so an interrupted save leaves the
-    previous model intact; :meth:`load` refuses a directory saved by another model class or by a newer
-    morphomu save format, naming both.
+    acc = str(accelerator).lower()
+    if acc == "auto":
+        acc = "cuda" if torch.cuda.is_available() else "cpu"
+    acc = {"gpu": "cuda"}.get(acc, acc)
+    if acc == "cpu":
+        return "cpu"
+    if acc == "cuda":
+        if not torch.cuda.is_available():
+            msg = f"accelerator={accelerator!r}: no CUDA device is available; use accelerator='cpu'."
+            raise MorphomuError(msg)
+        if device == "auto":
+            return "cuda:0"
+        text = str(device).removeprefix("cuda:")
+        if not text.isdigit() or int(text) >= torch.cuda.device_count():
+            msg = f"device={device!r}: expected 'auto' or a CUDA device index below {torch.cuda.device_count()}."
+            raise MorphomuError(msg)
+        return f"cuda:{int(text)}"
+    if acc == "mps":
+        return "mps"
+    msg = f"accelerator={accelerator!r}: choose 'auto', 'cpu', 'gpu' / 'cuda' or 'mps'."
+    raise MorphomuError(msg)
+
+
+def _warn_var_names(adata: Any, saved: Any) -> None:
+    """Warn (as scvi-tools does) when the data's var names differ from those the model was saved with."""
+    if saved is None:
+        return
+    if isinstance(saved, dict):
+        pairs = [
+            (f"mdata.mod[{m!r}]", adata.mod[m].var_names, v)
+            for m, v in saved.items()
+            if m in getattr(adata, "mod", {})
+        ]
+    else:
+        pairs = [("adata", adata.var_names, saved)]
+    for where, names, expected in pairs:
+        if not np.array_equal(np.asarray(names, dtype=object), np.asarray(expected, dtype=object)):
+            warnings.warn(
+                f"{where}.var_names differ from those of the data the model was trained on; for valid results "
+                "the variables must be the same, in the same order.",
+                MorphomuWarning,
+                stacklevel=3,
+            )
+
+
+class MorphomuModel(BaseModelClass):
+    """Base of morphomu's models: scvi-tools' model API with safe, atomic, versioned directories.
+
+    :meth:`save` writes tensors as safetensors and every other saved attribute as typed JSON (no pickle)
+    into a temporary sibling directory and renames it, so an interrupted save leaves the previous model
+    intact. :meth:`load` reads such a directory without running any code from it, and refuses a directory
+    saved by another model class or by a newer morphomu save format, naming both.
     """
+
+    #: Whether :meth:`load` may build the model without data (only models whose methods need none).
+    _loads_without_data = False
 
     @property
     def setup_args(self) -> dict[str, Any]:
@@ -77,29 +132,46 @@ class MorphomuModel(BaseModelClass):
         overwrite: bool = False,
         save_anndata: bool = False,
         prefix: str | None = None,
-        **kwargs: Any,
     ) -> None:
         """Save the model to the directory ``dir_path`` (created; replaced only with ``overwrite=True``).
 
-        A model made of several (``Trident`` and its image VAE, in ``image_vae/``) is saved as one directory.
+        The directory holds ``morphomu.json`` (manifest), ``model.safetensors`` (the module's weights) and
+        ``attributes.json`` (everything else: setup, initialisation arguments, history, split indices), and
+        nothing pickled. A model made of several (``Trident`` and its image VAE, in ``image_vae/``) is
+        saved as one directory.
 
         Parameters
         ----------
         dir_path
             Directory to create.
         overwrite
-            Replace an existing directory. The old one stays intact until the new one is complete.
+            Replace an existing directory written by morphomu. The old one stays intact until the new one
+            is complete.
         save_anndata
-            Also write the data (large).
+            Also write the data (large): ``mdata.h5mu`` (``adata.h5ad`` for an AnnData).
         prefix
             File-name prefix of the saved files.
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.save`.
         """
         from .. import __version__
 
+        attributes = {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
+        var_names = self.get_var_names() if self.adata is not None else None
         with atomic_path(dir_path, overwrite=overwrite, arg="dir_path") as tmp:
-            super().save(str(tmp), overwrite=False, save_anndata=save_anndata, prefix=prefix, **kwargs)
+            tmp.mkdir()
+            if save_anndata and self.adata is not None:
+                method = self.registry_.get("setup_method_name", "setup_anndata")
+                self.adata.write(str(tmp / f"{prefix or ''}{_DATA_FILES[method]}"))
+            try:
+                write_model_files(
+                    tmp,
+                    prefix=prefix,
+                    state_dict=self.module.state_dict(),
+                    var_names=var_names,
+                    attributes=attributes,
+                )
+            except TypeError as e:
+                msg = f"{type(self).__name__} cannot be saved: {e}"
+                raise MorphomuError(msg) from None
             self._save_parts(tmp, prefix=prefix)
             manifest = {
                 "model": type(self).__name__,
@@ -109,34 +181,51 @@ class MorphomuModel(BaseModelClass):
             _manifest_path(tmp, prefix).write_text(json.dumps(manifest, indent=2))
 
     def _save_parts(self, dir_path: Path, *, prefix: str | None) -> None:
-        """Write what the model holds besides scvi-tools' files (e.g. a sub-model) into the directory being saved."""
+        """Write what the model holds besides its module and attributes (e.g. a sub-model) into ``dir_path``."""
 
     @classmethod
-    def check_saved(cls, dir_path: str | Path, *, prefix: str | None = None) -> dict[str, Any]:
-        """The manifest of a saved model directory, checked against this class and morphomu version."""
+    def _load_context(
+        cls, dir_path: Path, *, prefix: str | None, attributes: dict[str, Any], legacy_format: bool
+    ) -> Any:
+        """A context manager around the model's construction in :meth:`load` (e.g. to supply a sub-model)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def read_manifest(
+        dir_path: str | Path, *, prefix: str | None = None, legacy_format: bool = False
+    ) -> dict[str, Any]:
+        """The manifest of a saved model directory, checked against this morphomu's formats.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            File-name prefix used at save.
+        legacy_format
+            Admit format 1 (pickled, written by morphomu < 0.2): only for directories from a trusted source.
+        """
         from .. import __version__
 
         path = _manifest_path(Path(dir_path), prefix)
         if not Path(dir_path).is_dir():
-            msg = (
-                f"dir_path={str(dir_path)!r} is not a directory; expected one written by {cls.__name__}.save."
-            )
+            msg = f"dir_path={str(dir_path)!r} is not a directory; expected one written by a morphomu model's save."
             raise MorphomuError(msg)
         if not path.is_file():
             msg = (
-                f"dir_path={str(dir_path)!r} has no {path.name}: it was not written by morphomu's "
-                f"{cls.__name__}.save (or prefix={prefix!r} differs from the one used to save)."
+                f"dir_path={str(dir_path)!r} has no {path.name}: it was not written by a morphomu model's save "
+                f"(or prefix={prefix!r} differs from the one used to save)."
             )
             raise MorphomuError(msg)
         try:
             manifest = json.loads(path.read_text())
-            saved_class, saved_format = str(manifest["model"]), int(manifest["format_version"])
+            str(manifest["model"])
+            saved_format = int(manifest["format_version"])
         except (ValueError, KeyError, TypeError) as e:
             msg = f"{path} is not a valid morphomu model manifest ({e})."
             raise MorphomuError(msg) from None
-        if saved_class != cls.__name__:
-            msg = f"dir_path={str(dir_path)!r} holds a {saved_class}, not a {cls.__name__}; load it with {saved_class}.load."
-            raise MorphomuError(msg)
         if saved_format > FORMAT_VERSION:
             msg = (
                 f"dir_path={str(dir_path)!r} was saved by morphomu {manifest.get('morphomu_version', '?')} in model "
@@ -144,24 +233,297 @@ class MorphomuModel(BaseModelClass):
                 "Upgrade morphomu to load it."
             )
             raise MorphomuError(msg)
+        if saved_format < 1:
+            msg = f"{path}: format_version={saved_format} is not a morphomu model format."
+            raise MorphomuError(msg)
+        if saved_format == 1 and not legacy_format:
+            msg = (
+                f"dir_path={str(dir_path)!r} is in model format 1 (scvi-tools' pickle, written by morphomu "
+                f"{manifest.get('morphomu_version', '?')}), and loading a pickle can run code. If you trust where "
+                "it came from, load it with legacy_format=True, or convert it once with "
+                f"`morphomu convert {dir_path}`."
+            )
+            raise MorphomuError(msg)
+        return manifest
+
+    @classmethod
+    def check_saved(
+        cls, dir_path: str | Path, *, prefix: str | None = None, legacy_format: bool = False
+    ) -> dict[str, Any]:
+        """The manifest of a saved model directory, checked against this class and morphomu version.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            File-name prefix used at save.
+        legacy_format
+            Admit format 1 (see :meth:`read_manifest`).
+        """
+        manifest = cls.read_manifest(dir_path, prefix=prefix, legacy_format=legacy_format)
+        if str(manifest["model"]) != cls.__name__:
+            msg = (
+                f"dir_path={str(dir_path)!r} holds a {manifest['model']}, not a {cls.__name__}; load it with "
+                f"{manifest['model']}.load."
+            )
+            raise MorphomuError(msg)
         return manifest
 
     @classmethod
     def load(
-        cls, dir_path: str | Path, adata: Any = None, *, prefix: str | None = None, **kwargs: Any
+        cls,
+        dir_path: str | Path,
+        adata: Any = None,
+        *,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        legacy_format: bool = False,
+        **kwargs: Any,
     ) -> Any:
-        """Load a model saved by :meth:`save`, after checking its manifest.
+        """Load a model saved by :meth:`save` (scvi-tools' calling convention), running no code from the files.
 
         Parameters
         ----------
         dir_path
             Directory written by :meth:`save`.
         adata
-            Data to attach (default: the data saved with the model).
+            Data with the same modality / key layout, checked like at setup (default: the data saved with
+            ``save_anndata=True``).
+        accelerator
+            ``'auto'``, ``'cpu'``, ``'gpu'`` or ``'mps'``.
+        device
+            ``'auto'`` or the index of the device to load onto.
         prefix
             File-name prefix used at save.
+        legacy_format
+            Also read format 1 (scvi-tools' pickle, written by morphomu < 0.2) through an unpickler that
+            admits only the arrays, tables and tensors such a save holds. Only for directories from a
+            trusted source; ``morphomu convert DIR`` rewrites one in the current format.
         **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
+            ``mdata``: former name of ``adata`` (deprecated).
+
+        Returns
+        -------
+        The model, in evaluation mode, on the chosen device.
         """
-        cls.check_saved(dir_path, prefix=prefix)
-        return super().load(str(dir_path), adata=adata, prefix=prefix, **kwargs)
+        if "mdata" in kwargs:
+            warnings.warn(
+                f"{cls.__name__}.load(mdata=...) is deprecated; pass the data as adata= (scvi-tools' name) or "
+                "as the second argument.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            adata = kwargs.pop("mdata") if adata is None else adata
+        if kwargs:
+            msg = f"{cls.__name__}.load got unexpected arguments {sorted(kwargs)}."
+            raise MorphomuError(msg)
+        dir_path = Path(dir_path)
+        manifest = cls.check_saved(dir_path, prefix=prefix, legacy_format=legacy_format)
+        torch_device = _torch_device(accelerator, device)
+        state, var_names, attributes = read_model_files(
+            dir_path, prefix=prefix, format_version=int(manifest["format_version"])
+        )
+        for key in ("registry_", "init_params_"):
+            if not isinstance(attributes.get(key), dict):
+                msg = f"dir_path={str(dir_path)!r}: the saved attributes have no {key} record."
+                raise MorphomuError(msg)
+        registry, init = attributes.pop("registry_"), attributes.pop("init_params_")
+        if registry.get("model_name", cls.__name__) != cls.__name__:
+            msg = f"dir_path={str(dir_path)!r}: its registry is a {registry['model_name']}'s, not a {cls.__name__}'s."
+            raise MorphomuError(msg)
+        method = registry.get("setup_method_name", "setup_anndata")
+        if adata is None:
+            adata = cls._read_saved_data(dir_path / f"{prefix or ''}{_DATA_FILES.get(method, '')}")
+        if adata is None and not cls._loads_without_data:
+            msg = (
+                f"{cls.__name__}.load needs data: pass adata= (the data the model was set up on, or new data with "
+                f"the same layout); dir_path={str(dir_path)!r} holds none (save with save_anndata=True to keep it)."
+            )
+            raise MorphomuError(msg)
+        if adata is not None:
+            _warn_var_names(adata, var_names)
+            getattr(cls, method)(adata, source_registry=registry, **registry["setup_args"])
+        non_kwargs = dict(init.get("non_kwargs", {}))
+        extra = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+        if "registry" in inspect.signature(cls).parameters:
+            non_kwargs["registry"] = registry
+        with cls._load_context(dir_path, prefix=prefix, attributes=attributes, legacy_format=legacy_format):
+            model = cls(adata, **non_kwargs, **extra)
+        for name, value in attributes.items():
+            setattr(model, name, value)
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as e:
+            msg = f"dir_path={str(dir_path)!r}: the saved weights do not fit the model they describe ({e})."
+            raise MorphomuError(msg) from None
+        model.to_device(torch_device)
+        model.module.eval()
+        if adata is not None:
+            model._validate_anndata(adata)
+        return model
+
+    @staticmethod
+    def _read_saved_data(path: Path) -> Any:
+        """The data saved beside a model (``save_anndata=True``), or ``None``."""
+        if not path.is_file():
+            return None
+        if path.suffix == ".h5mu":
+            import mudata
+
+            from .._mudata import no_pull_on_update
+
+            with no_pull_on_update():
+                return mudata.read_h5mu(str(path))
+        import anndata
+
+        return anndata.read_h5ad(str(path))
+
+    @staticmethod
+    def load_registry(
+        dir_path: str | Path, prefix: str | None = None, *, legacy_format: bool = False
+    ) -> dict:
+        """The scvi-tools registry saved with a model (its setup arguments and fields), read without code.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            File-name prefix used at save.
+        legacy_format
+            Also read format 1 (see :meth:`load`).
+        """
+        manifest = MorphomuModel.read_manifest(dir_path, prefix=prefix, legacy_format=legacy_format)
+        attributes = read_model_files(
+            Path(dir_path), prefix=prefix, format_version=int(manifest["format_version"])
+        )[2]
+        if not isinstance(attributes.get("registry_"), dict):
+            msg = f"dir_path={str(dir_path)!r}: the saved attributes have no registry_ record."
+            raise MorphomuError(msg)
+        return attributes["registry_"]
+
+    @staticmethod
+    def view_setup_args(
+        dir_path: str | Path, prefix: str | None = None, *, legacy_format: bool = False
+    ) -> None:
+        """Print the arguments a saved model was set up with.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            File-name prefix used at save.
+        legacy_format
+            Also read format 1 (see :meth:`load`).
+        """
+        import rich
+        import rich.pretty
+
+        registry = MorphomuModel.load_registry(dir_path, prefix, legacy_format=legacy_format)
+        method = registry.get("setup_method_name", "setup_anndata")
+        rich.print(f"Setup via `{registry.get('model_name', '?')}.{method}` with arguments:")
+        rich.pretty.pprint(registry.get("setup_args", {}))
+
+    @classmethod
+    def convert_legacy_save(
+        cls,
+        dir_path: str | Path,
+        output_dir_path: str | Path,
+        overwrite: bool = False,
+        prefix: str | None = None,
+    ) -> None:
+        """Rewrite a trusted format-1 (pickled) model directory in the current format.
+
+        The format-1 files are read through the restricted unpickler of ``load(..., legacy_format=True)``;
+        the new directory holds no pickle. Sub-models (a Trident's ``image_vae/``) are converted too, and the
+        data saved with the model is copied.
+
+        Parameters
+        ----------
+        dir_path
+            The format-1 directory.
+        output_dir_path
+            Directory to write (may be ``dir_path`` itself with ``overwrite=True``).
+        overwrite
+            Replace ``output_dir_path`` if it exists (a directory written by morphomu only).
+        prefix
+            File-name prefix used at save.
+        """
+        manifest = cls.check_saved(dir_path, prefix=prefix, legacy_format=True)
+        del manifest
+        convert_model_dir(Path(dir_path), Path(output_dir_path), overwrite=overwrite, prefix=prefix)
+
+
+def convert_model_dir(
+    dir_path: Path, output_dir_path: Path, *, overwrite: bool = False, prefix: str | None = None
+) -> dict[str, Any]:
+    """Rewrite the model directory ``dir_path`` (any format, any model) in the current format at ``output_dir_path``.
+
+    Returns the new manifest. Nothing is unpickled except through the restricted unpickler.
+    """
+    import shutil
+
+    from .. import __version__
+
+    manifest = MorphomuModel.read_manifest(dir_path, prefix=prefix, legacy_format=True)
+
+    def write(src: Path, dst: Path, src_prefix: str | None) -> None:
+        found = MorphomuModel.read_manifest(src, prefix=src_prefix, legacy_format=True)
+        state, var_names, attributes = read_model_files(
+            src, prefix=src_prefix, format_version=int(found["format_version"])
+        )
+        dst.mkdir()
+        write_model_files(
+            dst, prefix=src_prefix, state_dict=state, var_names=var_names, attributes=attributes
+        )
+        own = {
+            f"{src_prefix or ''}{name}"
+            for name in ("model.pt", "model.safetensors", "attributes.json", MANIFEST)
+        }
+        for entry in sorted(src.iterdir()):
+            if entry.name in own:
+                continue
+            if entry.is_dir() and (entry / MANIFEST).is_file():
+                write(entry, dst / entry.name, None)
+            elif entry.is_file() and not entry.is_symlink():
+                shutil.copy2(entry, dst / entry.name)
+        new = {
+            "model": str(found["model"]),
+            "format_version": FORMAT_VERSION,
+            "morphomu_version": __version__,
+        }
+        _manifest_path(dst, src_prefix).write_text(json.dumps(new, indent=2))
+
+    in_place = Path(output_dir_path).resolve() == Path(dir_path).resolve()
+    if in_place and not _only_model_files(dir_path, prefix):
+        msg = (
+            f"dir_path={str(dir_path)!r} holds files a morphomu model save does not write; it is not converted "
+            "in place. Pass an output directory instead (--out on the command line)."
+        )
+        raise MorphomuError(msg)
+    # converting in place replaces a model directory whose every file morphomu's save wrote (checked above)
+    with atomic_path(output_dir_path, overwrite=overwrite, arg="output_dir_path", owned=in_place) as tmp:
+        write(dir_path, tmp, prefix)
+    return {"model": str(manifest["model"]), "format_version": FORMAT_VERSION}
+
+
+def _only_model_files(dir_path: Path, prefix: str | None) -> bool:
+    """Whether ``dir_path`` holds only what a morphomu model save writes (format 1 or 2, sub-models included)."""
+    from .._io import MARKER
+
+    names = {
+        f"{prefix or ''}{n}"
+        for n in ("model.pt", "model.safetensors", "attributes.json", MANIFEST, *_DATA_FILES.values())
+    }
+    for entry in dir_path.iterdir():
+        if entry.is_symlink():
+            return False
+        if entry.is_dir():
+            if not (entry / MANIFEST).is_file() or not _only_model_files(entry, None):
+                return False
+        elif entry.name not in names | {MARKER}:
+            return False
+    return (dir_path / f"{prefix or ''}{MANIFEST}").is_file()

@@ -19,7 +19,18 @@ from scvi.train import TrainRunner
 
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError, MorphomuWarning
-from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
+from .._validation import (
+    check_args,
+    check_mudata,
+    check_nonnegative,
+    check_nonnegative_int,
+    check_obs_keys,
+    check_positive,
+    check_positive_int,
+    check_rep,
+    get_mod,
+    optional,
+)
 from ..module._classifier import DualMLPClassifier, MLPClassifier
 from ..pp._standardize import Standardizer
 from ..train._checkpoint import Checkpointing
@@ -122,6 +133,26 @@ for _name, _table in (("fast", _FAST), ("tiny", _TINY)):
     }
 #: Every name a ``hparams`` dict may set.
 HPARAM_NAMES = frozenset(_FAST)
+#: Checks of the resolved hyper-parameters (a preset's values with a dict's overrides).
+_HPARAM_CHECKS: dict[str, Any] = {
+    **dict.fromkeys((*_SINGLE_KEYS, *_DUAL_KEYS, "batch_size", "max_epochs", "patience"), check_positive_int),
+    "lr": check_positive,
+    "weight_decay": check_nonnegative,
+    "gradient_clip": check_positive,
+    "epoch_size": optional(check_positive_int),
+}
+#: Checks of :meth:`TreatmentClassifier.train`'s arguments (``None``: from the model's ``hparams``), run
+#: before any work.
+TRAIN_CHECKS: dict[str, Any] = {
+    "max_epochs": optional(check_positive_int),
+    "batch_size": optional(check_positive_int),
+    "lr": optional(check_positive),
+    "weight_decay": optional(check_nonnegative),
+    "early_stopping_patience": optional(check_nonnegative_int),
+    "gradient_clip_val": optional(check_positive),
+    "epoch_size": optional(check_positive_int),
+    "num_workers": check_nonnegative_int,
+}
 
 
 def resolve_hparams(hparams: str | Mapping[str, Any], setting: str, kind: str) -> dict[str, Any]:
@@ -152,16 +183,9 @@ def resolve_hparams(hparams: str | Mapping[str, Any], setting: str, kind: str) -
         raise MorphomuError(msg)
     base = dict(HPARAMS[preset][(setting, kind)])
     base.update({k: v for k, v in overrides.items() if k in base or k not in (*_SINGLE_KEYS, *_DUAL_KEYS)})
-    for key in ("n_hidden", "n_layers", *_DUAL_KEYS, "batch_size", "max_epochs", "patience"):
-        if key in base and (not isinstance(base[key], int | np.integer) or base[key] < 1):
-            msg = f"hparams[{key!r}] must be a positive integer, got {base[key]!r}."
-            raise MorphomuError(msg)
-    if not base["lr"] > 0 or base["weight_decay"] < 0 or not base["gradient_clip"] > 0:
-        msg = "hparams: lr and gradient_clip must be positive and weight_decay non-negative."
-        raise MorphomuError(msg)
-    if base["epoch_size"] is not None and int(base["epoch_size"]) < 1:
-        msg = f"hparams['epoch_size'] must be a positive integer or None, got {base['epoch_size']!r}."
-        raise MorphomuError(msg)
+    for key, check in _HPARAM_CHECKS.items():
+        if key in base:
+            base[key] = check(base[key], f"hparams[{key!r}]")
     return base
 
 
@@ -376,9 +400,7 @@ class TreatmentClassifier(MorphomuModel):
                 f"setting={setting!r}: choose 'single' (one cell per example) or 'multi' (k cells averaged)."
             )
             raise MorphomuError(msg)
-        if not isinstance(k, int | np.integer) or k < 1:
-            msg = f"k must be a positive integer, got {k!r}."
-            raise MorphomuError(msg)
+        k = check_positive_int(k, "k")
         super().__init__(mdata)
         self.specs = parse_inputs([tuple(x) for x in self.setup_args["inputs"]])
         self.setting, self.k = setting, int(k) if setting == "multi" else 1
@@ -714,13 +736,23 @@ class TreatmentClassifier(MorphomuModel):
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
         """
+        check_args(
+            {
+                "max_epochs": max_epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "early_stopping_patience": early_stopping_patience,
+                "gradient_clip_val": gradient_clip_val,
+                "epoch_size": epoch_size,
+                "num_workers": num_workers,
+            },
+            TRAIN_CHECKS,
+        )
         hp = self.hparams
         max_epochs = int(hp["max_epochs"] if max_epochs is None else max_epochs)
         batch_size = int(hp["batch_size"] if batch_size is None else batch_size)
         epoch_size = hp["epoch_size"] if epoch_size is None else epoch_size
-        if max_epochs < 1 or batch_size < 1 or (epoch_size is not None and int(epoch_size) < 1):
-            msg = f"max_epochs, batch_size and epoch_size must be positive, got {max_epochs}, {batch_size}, {epoch_size}."
-            raise MorphomuError(msg)
         if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
             msg = (
                 f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
@@ -836,6 +868,7 @@ class TreatmentClassifier(MorphomuModel):
         DataFrame indexed by the anchor input's obs names with columns ``sample``, ``true`` and
         ``predicted`` (categoricals over the classes).
         """
+        batch_size = optional(check_positive_int)(batch_size, "batch_size")
         if not self.is_trained_:
             msg = "the model is not trained; call model.train() first."
             raise MorphomuError(msg)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError
+from .._validation import (
+    check_args,
+    check_nonnegative,
+    check_nonnegative_int,
+    check_positive,
+    check_positive_int,
+    optional,
+)
 from ..module._image_vae import IMAGE_VAE_PRESETS, ImageVAEModule, autoencoder_config
 from ..train._plan import LossTrainingPlan
 from ._base import MANIFEST, MorphomuModel
@@ -41,6 +48,31 @@ ROBUST_PERCENTILES = (0.1, 99.9)
 #: Tiles read to fit the intensity range of float tiles and the latent scaling factor.
 _N_FIT_TILES = 1024
 _CHUNK_TILES = 256
+
+
+def _check_widths(value: Any, arg: str) -> tuple[int, ...]:
+    """A non-empty sequence of positive integers (``block_out_channels``)."""
+    if isinstance(value, str) or not isinstance(value, list | tuple | np.ndarray) or len(value) == 0:
+        msg = f"{arg} must be a non-empty sequence of positive integers (one width per level), got {value!r}."
+        raise MorphomuError(msg)
+    return tuple(check_positive_int(v, f"{arg}[{i}]") for i, v in enumerate(value))
+
+
+#: Checks of the network sizes (preset values and overrides), run before anything is built.
+_SIZE_CHECKS: dict[str, Any] = {
+    "latent_channels": check_positive_int,
+    "layers_per_block": check_positive_int,
+    "block_out_channels": _check_widths,
+}
+#: Checks of :meth:`ImageVAE.train`'s arguments (``None``: the preset's default), run before any work.
+TRAIN_CHECKS: dict[str, Any] = {
+    "max_epochs": optional(check_positive_int),
+    "batch_size": optional(check_positive_int),
+    "lr": optional(check_positive),
+    "kl_weight": check_nonnegative,
+    "weight_decay": check_nonnegative,
+    "num_workers": check_nonnegative_int,
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -315,6 +347,7 @@ class ImageVAE(MorphomuModel):
     """
 
     _module_cls = ImageVAEModule
+    _loads_without_data = True
     _training_plan_cls = ImageVAETrainingPlan
     _data_splitter_cls = TileDataModule
     _train_runner_cls = TrainRunner
@@ -344,6 +377,8 @@ class ImageVAE(MorphomuModel):
                 "weights with ImageVAE.from_pretrained(path) / ImageVAE.load(path)."
             )
             raise MorphomuError(msg)
+        if n_channels is not None:
+            n_channels = check_positive_int(n_channels, "n_channels")
         super().__init__(adata, registry=registry)
         if adata is not None:
             images = adata.obsm[self.setup_args["images_key"]]
@@ -361,17 +396,7 @@ class ImageVAE(MorphomuModel):
                 "layers_per_block": layers_per_block,
             }
             sizes = {**IMAGE_VAE_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-            sizes["block_out_channels"] = tuple(int(c) for c in sizes["block_out_channels"])
-            if (
-                int(sizes["latent_channels"]) < 1
-                or int(sizes["layers_per_block"]) < 1
-                or not sizes["block_out_channels"]
-                or min(sizes["block_out_channels"]) < 1
-            ):
-                msg = (
-                    f"latent_channels, layers_per_block and block_out_channels must be positive, got {sizes}."
-                )
-                raise MorphomuError(msg)
+            sizes.update(check_args(sizes, _SIZE_CHECKS))
             config = autoencoder_config_for(int(n_channels), sizes)
         else:
             config = {k: v for k, v in dict(autoencoder_config).items() if not k.startswith("_")}
@@ -458,9 +483,9 @@ class ImageVAE(MorphomuModel):
         **kwargs
             Passed to scvi-tools' registration (``source_registry`` when loading).
         """
-        from anndata import AnnData
-
         setup_method_args = cls._get_setup_method_args(**locals())
+        from anndata import AnnData  # after the line above, which records every local as a setup argument
+
         if not isinstance(adata, AnnData):
             msg = f"adata must be an AnnData, got {type(adata).__name__}" + (
                 " (pass one modality, e.g. mdata['img'])." if type(adata).__name__ == "MuData" else "."
@@ -567,16 +592,21 @@ class ImageVAE(MorphomuModel):
                 "set up an AnnData with ImageVAE.setup_anndata and build a model on it to train."
             )
             raise MorphomuError(msg)
+        check_args(
+            {
+                "max_epochs": max_epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "kl_weight": kl_weight,
+                "weight_decay": weight_decay,
+                "num_workers": num_workers,
+            },
+            TRAIN_CHECKS,
+        )
         defaults = TRAIN_DEFAULTS[self.preset]
         max_epochs = int(defaults["max_epochs"] if max_epochs is None else max_epochs)
         batch_size = int(defaults["batch_size"] if batch_size is None else batch_size)
         lr = float(defaults["lr"] if lr is None else lr)
-        if max_epochs < 1 or batch_size < 1 or lr <= 0 or kl_weight < 0:
-            msg = (
-                "max_epochs, batch_size and lr must be positive and kl_weight >= 0, got "
-                f"{max_epochs}, {batch_size}, {lr}, {kl_weight}."
-            )
-            raise MorphomuError(msg)
         run = {"model": type(self).__name__, "preset": self.preset, "max_epochs": max_epochs}
         run |= {"batch_size": batch_size, "lr": lr, "kl_weight": float(kl_weight), "seed": int(seed)}
         checkpoints = Checkpointing.from_args(
@@ -669,6 +699,7 @@ class ImageVAE(MorphomuModel):
         float32 array ``(n, latent_channels, H / downsample_factor, W / downsample_factor)``: the posterior
         means times :attr:`scaling_factor`.
         """
+        batch_size = check_positive_int(batch_size, "batch_size")
         self._check_ready()
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
@@ -681,9 +712,6 @@ class ImageVAE(MorphomuModel):
             n_channels=self.n_channels,
             factor=self.downsample_factor,
         )
-        if int(batch_size) < 1:
-            msg = f"batch_size must be positive, got {batch_size}."
-            raise MorphomuError(msg)
         n, _, h, w = images.shape
         f = self.downsample_factor
         out = np.empty((n, self.latent_channels, h // f, w // f), dtype=np.float32)
@@ -713,6 +741,7 @@ class ImageVAE(MorphomuModel):
         float32 array ``(n, C, h * downsample_factor, w * downsample_factor)`` in the input's units (clipped
         to the dtype's range for models trained on integer tiles).
         """
+        batch_size = check_positive_int(batch_size, "batch_size")
         self._check_ready()
         latents = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
@@ -724,9 +753,6 @@ class ImageVAE(MorphomuModel):
         if not np.issubdtype(latents.dtype, np.floating) or not np.isfinite(latents).all():
             msg = f"latents must be finite floats, found dtype {latents.dtype} or non-finite values."
             raise ContractError(msg)
-        if int(batch_size) < 1:
-            msg = f"batch_size must be positive, got {batch_size}."
-            raise MorphomuError(msg)
         n, _, h, w = latents.shape
         f = self.downsample_factor
         out = np.empty((n, self.n_channels, h * f, w * f), dtype=np.float32)
@@ -746,6 +772,7 @@ class ImageVAE(MorphomuModel):
         *,
         n_channels: int | None = None,
         intensity_range: tuple[float, float] | None = None,
+        legacy_format: bool = False,
     ) -> ImageVAE:
         """Load a diffusers ``AutoencoderKL`` directory or a directory written by :meth:`save`.
 
@@ -765,6 +792,8 @@ class ImageVAE(MorphomuModel):
             Input values that map to -1 and 1 (every channel). For a diffusers directory the default is
             ``(0, 255)``: Stable Diffusion's VAE was trained on 8-bit images mapped to ``[-1, 1]``. For a
             directory written by :meth:`save` the default is the stored range.
+        legacy_format
+            For a directory written by :meth:`save`: also read format 1 (see :meth:`load`).
 
         Returns
         -------
@@ -775,7 +804,7 @@ class ImageVAE(MorphomuModel):
             msg = f"path={str(path)!r} is not a directory; expected a diffusers AutoencoderKL folder or an ImageVAE.save one."
             raise MorphomuError(msg)
         if (path / MANIFEST).is_file():
-            model = cls.load(path)
+            model = cls.load(path, legacy_format=legacy_format)
             if n_channels is not None and int(n_channels) != model.n_channels:
                 msg = (
                     f"path={str(path)!r} holds an ImageVAE for {model.n_channels}-channel tiles; expected "
@@ -819,7 +848,8 @@ class ImageVAE(MorphomuModel):
             model = cls(
                 None,
                 n_channels=expected,
-                autoencoder_config=dict(autoencoder.config),
+                # diffusers' private entries (_name_or_path, ...) describe the folder, not the network
+                autoencoder_config={k: v for k, v in autoencoder.config.items() if not k.startswith("_")},
                 registry=_bare_registry(C.IMAGES_KEY, C.SPLIT_KEY),
             )
             model.module.autoencoder = autoencoder.float()
@@ -849,9 +879,11 @@ class ImageVAE(MorphomuModel):
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
-        **kwargs: Any,
+        legacy_format: bool = False,
     ) -> ImageVAE:
         """Load a model saved by :meth:`save`, optionally attached to an AnnData of the same channel count.
+
+        Nothing from the directory is run: weights come from safetensors, the rest from typed JSON.
 
         Parameters
         ----------
@@ -865,14 +897,12 @@ class ImageVAE(MorphomuModel):
             Device to load onto.
         prefix
             File-name prefix used at save.
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
+        legacy_format
+            Also read format 1 (see :meth:`morphomu.models.PhenoSeq.load`).
         """
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no saved anndata.*")
-            model = super().load(
-                dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix, **kwargs
-            )
+        model = super().load(
+            dir_path, None, accelerator=accelerator, device=device, prefix=prefix, legacy_format=legacy_format
+        )
         if adata is not None:
             key = model.setup_args["images_key"]
             if key not in getattr(adata, "obsm", {}):

@@ -17,7 +17,22 @@ from scvi.train import TrainRunner
 
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError
-from .._validation import check_mudata, check_obs_keys, check_rep, check_unique_obs_names, get_mod
+from .._validation import (
+    check_args,
+    check_fraction,
+    check_mudata,
+    check_n_steps,
+    check_nonnegative,
+    check_nonnegative_int,
+    check_number,
+    check_obs_keys,
+    check_positive,
+    check_positive_int,
+    check_rep,
+    check_unique_obs_names,
+    get_mod,
+    optional,
+)
 from ..module._phenoseq import PHENOSEQ_PRESETS, PhenoSeqModule
 from ..pp._standardize import Standardizer
 from ..train._checkpoint import Checkpointing
@@ -48,6 +63,48 @@ TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
     "tiny": {"max_epochs": 100, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
 }
 _CHUNK_ROWS = 16_384
+#: Checks of the network sizes (preset values and overrides), run before anything is built.
+_SIZE_CHECKS: dict[str, Any] = {
+    **dict.fromkeys(
+        ("n_hidden", "n_layers", "n_heads", "n_encoder_heads", "n_time", "ff_mult", "n_context_cells"),
+        check_positive_int,
+    ),
+    "n_encoder_layers": check_nonnegative_int,  # 0: the context encoder is its input projection alone
+    "dropout": check_fraction,
+}
+#: Checks of :meth:`PhenoSeq.train`'s arguments (``None``: the preset's default), run before any work; the
+#: tools that train a PhenoSeq run them on their ``train_kwargs`` first too.
+TRAIN_CHECKS: dict[str, Any] = {
+    "max_epochs": optional(check_positive_int),
+    "batch_size": optional(check_positive_int),
+    "lr": optional(check_positive),
+    "weight_decay": check_nonnegative,
+    "warmup_epochs": optional(check_nonnegative),
+    "early_stopping_patience": check_nonnegative_int,
+    "ema_decay": check_fraction,
+    "num_workers": check_nonnegative_int,
+}
+
+
+def check_n_cells(value: Any, arg: str = "n_cells_per_sample") -> int | str:
+    """Return ``'match'`` or a positive ``int``, raising otherwise (a generation's cells per sample)."""
+    if isinstance(value, str) and value == "match":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        msg = f"{arg} must be 'match' (as many as the sample's real RNA cells) or a positive integer, got {value!r}."
+        raise MorphomuError(msg)
+    return int(value)
+
+
+#: Checks of :meth:`PhenoSeq.generate`'s numeric arguments, run before any work (also by the tools).
+GENERATE_CHECKS: dict[str, Any] = {
+    "n_steps": check_n_steps,
+    "eta": check_nonnegative,
+    "guidance_scale": check_number,
+    "batch_size": check_positive_int,
+    "n_cells_per_sample": check_n_cells,
+}
+
 # purposes of keyed random draws at generation
 _NOISE, _CONTEXT, _STEP_NOISE = 1, 2, 3
 
@@ -221,21 +278,8 @@ class PhenoSeq(MorphomuModel):
             "prediction_type": prediction_type,
         }
         sizes = {**PHENOSEQ_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-        if not 0.0 <= p_uncond < 1.0:
-            msg = f"p_uncond must be in [0, 1), got {p_uncond}."
-            raise MorphomuError(msg)
-        for key in (
-            "n_hidden",
-            "n_layers",
-            "n_heads",
-            "n_encoder_heads",
-            "n_time",
-            "ff_mult",
-            "n_context_cells",
-        ):
-            if int(sizes[key]) < 1:
-                msg = f"{key} must be a positive integer, got {sizes[key]}."
-                raise MorphomuError(msg)
+        sizes.update(check_args(sizes, _SIZE_CHECKS))
+        p_uncond = check_fraction(p_uncond, "p_uncond")
         for key, heads in (("n_heads", "n_heads"), ("n_encoder_heads", "n_encoder_heads")):
             if sizes["n_hidden"] % sizes[heads]:
                 msg = f"{key}={sizes[heads]} must divide n_hidden={sizes['n_hidden']}."
@@ -538,14 +582,24 @@ class PhenoSeq(MorphomuModel):
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``).
         """
+        check_args(
+            {
+                "max_epochs": max_epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_epochs": warmup_epochs,
+                "early_stopping_patience": early_stopping_patience,
+                "ema_decay": ema_decay,
+                "num_workers": num_workers,
+            },
+            TRAIN_CHECKS,
+        )
         defaults = TRAIN_DEFAULTS[self.preset]
         max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
         batch_size = defaults["batch_size"] if batch_size is None else batch_size
         lr = defaults["lr"] if lr is None else lr
         warmup_epochs = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-        if int(max_epochs) < 1 or int(batch_size) < 1:
-            msg = f"max_epochs and batch_size must be positive, got {max_epochs} and {batch_size}."
-            raise MorphomuError(msg)
         run = {  # what defines the run: a checkpoint of another run is refused
             "model": type(self).__name__,
             "preset": self.preset,
@@ -667,6 +721,16 @@ class PhenoSeq(MorphomuModel):
         """
         from anndata import AnnData
 
+        check_args(
+            {
+                "n_steps": n_steps,
+                "eta": eta,
+                "guidance_scale": guidance_scale,
+                "batch_size": batch_size,
+                "n_cells_per_sample": n_cells_per_sample,
+            },
+            GENERATE_CHECKS,
+        )
         if not self.is_trained_:
             msg = "the model is not trained; call model.train() first (or PhenoSeq.load a trained one)."
             raise MorphomuError(msg)
@@ -692,9 +756,6 @@ class PhenoSeq(MorphomuModel):
                 f"guidance_scale={guidance_scale} needs classifier-free training: create the model with "
                 "p_uncond > 0 (e.g. 0.1) and train it; this model has no null context. Use guidance_scale=1."
             )
-            raise MorphomuError(msg)
-        if int(n_steps) < 1 or eta < 0 or int(batch_size) < 1:
-            msg = f"n_steps and batch_size must be positive and eta >= 0, got {n_steps}, {batch_size}, {eta}."
             raise MorphomuError(msg)
         img = mdata.mod[a["image_mod"]]
         img_samples = img.obs[a["sample_key"]].astype(str).to_numpy()
@@ -722,11 +783,8 @@ class PhenoSeq(MorphomuModel):
                     "n_cells_per_sample=<int>."
                 )
                 raise ContractError(msg)
-        elif isinstance(n_cells_per_sample, int | np.integer) and n_cells_per_sample >= 1:
-            counts = np.full(len(names), int(n_cells_per_sample))
         else:
-            msg = f"n_cells_per_sample must be 'match' or a positive integer, got {n_cells_per_sample!r}."
-            raise MorphomuError(msg)
+            counts = np.full(len(names), int(n_cells_per_sample))
 
         module = self.module.eval()
         device = next(module.parameters()).device
@@ -809,41 +867,6 @@ class PhenoSeq(MorphomuModel):
             }
         }
         return adata
-
-    # ------------------------------------------------------------------ save / load
-    @classmethod
-    def load(
-        cls,
-        dir_path: str,
-        mdata: MuData | None = None,
-        *,
-        accelerator: str = "auto",
-        device: int | str = "auto",
-        prefix: str | None = None,
-        **kwargs: Any,
-    ) -> PhenoSeq:
-        """Load a saved model onto ``mdata`` (checked like :meth:`setup_mudata`, including feature sizes).
-
-        Parameters
-        ----------
-        dir_path
-            Directory written by :meth:`save`.
-        mdata
-            Data with the same modality / key layout (default: the MuData saved with the model).
-        accelerator
-            Lightning accelerator to load onto.
-        device
-            Device to load onto.
-        prefix
-            File-name prefix used at save.
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
-        """
-        model = super().load(
-            dir_path, adata=mdata, accelerator=accelerator, device=device, prefix=prefix, **kwargs
-        )
-        model.module.eval()
-        return model
 
 
 def _sample_obs(img: AnnData, names: pd.Index, a: dict[str, Any], cell_sample: np.ndarray) -> pd.DataFrame:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +21,22 @@ from scvi.train import TrainRunner
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError
 from .._threads import keep_torch_threads
-from .._validation import check_mudata, check_obs_keys, check_rep, check_unique_obs_names, get_mod
+from .._validation import (
+    check_args,
+    check_fraction,
+    check_mudata,
+    check_n_steps,
+    check_nonnegative,
+    check_nonnegative_int,
+    check_number,
+    check_obs_keys,
+    check_positive,
+    check_positive_int,
+    check_rep,
+    check_unique_obs_names,
+    get_mod,
+    optional,
+)
 from ..module._trident import TRIDENT_PRESETS, TridentModule
 from ..train._ema import ExponentialMovingAverage
 from ..train._trident_data import TridentDataModule, TridentTrainingPlan
@@ -47,12 +63,58 @@ TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
     "tiny": {"max_epochs": 50, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
 }
 _CHUNK_ROWS = 4096
+#: Checks of the network sizes (preset values and overrides), run before anything is built.
+_SIZE_CHECKS: dict[str, Any] = {
+    **dict.fromkeys(
+        (
+            "n_hidden",
+            "n_layers",
+            "n_heads",
+            "patch_size",
+            "ff_mult",
+            "n_latent",
+            "n_cond_hidden",
+            "n_cond_tokens",
+        ),
+        check_positive_int,
+    ),
+    "dropout": check_fraction,
+}
+#: Checks of :meth:`Trident.train`'s arguments (``None``: the preset's default), run before any work (the
+#: image VAE's training included); :func:`morphomu.tl.generate_morphology` runs them on ``train_kwargs``.
+TRAIN_CHECKS: dict[str, Any] = {
+    "max_epochs": optional(check_positive_int),
+    "batch_size": optional(check_positive_int),
+    "lr": optional(check_positive),
+    "vae_epochs": optional(check_nonnegative_int),
+    "weight_decay": check_nonnegative,
+    "warmup_epochs": optional(check_nonnegative),
+    "early_stopping_patience": check_nonnegative_int,
+    "ema_decay": check_fraction,
+    "num_workers": check_nonnegative_int,
+}
+#: Checks of :meth:`Trident.generate`'s numeric arguments, run before any work (also by the tools).
+GENERATE_CHECKS: dict[str, Any] = {
+    "n_images": check_positive_int,
+    "n_steps": check_n_steps,
+    "guidance_scale": check_number,
+    "batch_size": check_positive_int,
+}
 # purposes of keyed random draws at generation
 _NOISE, _Z, _STEP_NOISE = 11, 12, 13
-#: Set by :meth:`Trident.load` while scvi-tools re-creates the model: the saved image VAE and data summary.
+#: Set by :meth:`Trident.load` while the model is re-created: the saved image VAE and data summary.
 _LOADING: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "trident_loading", default=None
 )
+
+
+@contextlib.contextmanager
+def _loading_context(image_vae: Any, data_info: dict[str, Any]) -> Iterator[None]:
+    token = _LOADING.set({"image_vae": image_vae, "data_info": data_info})
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
 
 
 def _image_vae_cls() -> type:
@@ -368,32 +430,22 @@ class Trident(MorphomuModel):
             "prediction_type": prediction_type,
         }
         sizes = {**TRIDENT_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-        for key, value in sizes.items():
-            if key in ("dropout", "prediction_type"):
-                continue
-            if isinstance(value, bool) or int(value) < 1:
-                msg = f"{key} must be a positive integer, got {value!r}."
-                raise MorphomuError(msg)
+        sizes.update(check_args(sizes, _SIZE_CHECKS))
         if sizes["prediction_type"] not in ("epsilon", "v_prediction"):
             msg = f"prediction_type={sizes['prediction_type']!r}: choose 'epsilon' (the paper) or 'v_prediction'."
-            raise MorphomuError(msg)
-        if not 0.0 <= float(sizes["dropout"]) < 1.0:
-            msg = f"dropout must be in [0, 1), got {sizes['dropout']}."
             raise MorphomuError(msg)
         if sizes["n_hidden"] % sizes["n_heads"] or sizes["n_hidden"] % 4:
             msg = f"n_heads={sizes['n_heads']} and 4 must divide n_hidden={sizes['n_hidden']}."
             raise MorphomuError(msg)
-        if not 0.0 <= p_uncond < 1.0:
-            msg = f"p_uncond must be in [0, 1), got {p_uncond}."
-            raise MorphomuError(msg)
+        p_uncond = check_fraction(p_uncond, "p_uncond")
+        beta = check_nonnegative(beta, "beta")
+        n_top_genes = check_positive_int(n_top_genes, "n_top_genes")
+        n_bits = check_positive_int(n_bits, "n_bits")
         if conditioning not in ("cross_attention", "adaln_zero"):
             msg = f"conditioning={conditioning!r}: choose 'cross_attention' (TRIDENT) or 'adaln_zero' (DiT)."
             raise MorphomuError(msg)
         if drug_features not in ("morgan", "fcfp"):
             msg = f"drug_features={drug_features!r}: choose 'morgan' (ECFP) or 'fcfp'."
-            raise MorphomuError(msg)
-        if beta < 0 or int(n_top_genes) < 1 or int(n_bits) < 1:
-            msg = f"beta must be >= 0 and n_top_genes, n_bits positive; got {beta}, {n_top_genes}, {n_bits}."
             raise MorphomuError(msg)
         super().__init__(mdata)
         a = self.setup_args
@@ -907,17 +959,25 @@ class Trident(MorphomuModel):
         """
         from ..train._checkpoint import Checkpointing
 
+        check_args(
+            {
+                "max_epochs": max_epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "vae_epochs": vae_epochs,
+                "weight_decay": weight_decay,
+                "warmup_epochs": warmup_epochs,
+                "early_stopping_patience": early_stopping_patience,
+                "ema_decay": ema_decay,
+                "num_workers": num_workers,
+            },
+            TRAIN_CHECKS,
+        )
         defaults = TRAIN_DEFAULTS[self.preset]
         max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
         batch_size = defaults["batch_size"] if batch_size is None else batch_size
         lr = defaults["lr"] if lr is None else lr
         warmup_epochs = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-        if int(max_epochs) < 1 or int(batch_size) < 1:
-            msg = f"max_epochs and batch_size must be positive, got {max_epochs} and {batch_size}."
-            raise MorphomuError(msg)
-        if vae_epochs is not None and int(vae_epochs) < 0:
-            msg = f"vae_epochs must be >= 0, got {vae_epochs}."
-            raise MorphomuError(msg)
         run = {  # what defines the run: a checkpoint of another run is refused
             "model": type(self).__name__,
             "preset": self.preset,
@@ -1134,12 +1194,16 @@ class Trident(MorphomuModel):
         """
         from anndata import AnnData
 
+        check_args(
+            {
+                "n_images": n_images,
+                "n_steps": n_steps,
+                "guidance_scale": guidance_scale,
+                "batch_size": batch_size,
+            },
+            GENERATE_CHECKS,
+        )
         self._check_trained()
-        if isinstance(n_images, bool) or int(n_images) < 1 or int(n_steps) < 1 or int(batch_size) < 1:
-            msg = (
-                f"n_images, n_steps and batch_size must be positive, got {n_images}, {n_steps}, {batch_size}."
-            )
-            raise MorphomuError(msg)
         if guidance_scale != 1.0 and not self.module.classifier_free:
             msg = f"guidance_scale={guidance_scale} needs a model trained with p_uncond > 0; use guidance_scale=1."
             raise MorphomuError(msg)
@@ -1264,53 +1328,19 @@ class Trident(MorphomuModel):
         self._image_vae.save(str(dir_path / f"{prefix or ''}{IMAGE_VAE_DIR}"))
 
     @classmethod
-    def load(
-        cls,
-        dir_path: str | Path,
-        mdata: MuData | None = None,
-        *,
-        accelerator: str = "auto",
-        device: int | str = "auto",
-        prefix: str | None = None,
-        **kwargs: Any,
-    ) -> Trident:
-        """Load a saved model (and its image VAE, offline) onto ``mdata`` (default: the data saved with it).
-
-        Parameters
-        ----------
-        dir_path
-            Directory written by :meth:`save`.
-        mdata
-            Data with the same modality / key layout, checked like :meth:`setup_mudata`.
-        accelerator
-            Lightning accelerator to load onto.
-        device
-            Device to load onto.
-        prefix
-            File-name prefix used at save.
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
-        """
-        from scvi.model.base._save_load import SAVE_KEYS
-
-        cls.check_saved(dir_path, prefix=prefix)
-        p = Path(dir_path)
-        vae_dir = p / f"{prefix or ''}{IMAGE_VAE_DIR}"
+    def _load_context(
+        cls, dir_path: Path, *, prefix: str | None, attributes: dict[str, Any], legacy_format: bool
+    ) -> Any:
+        """Supply the image VAE saved in ``image_vae/`` and the saved data summary to the model's construction."""
+        vae_dir = dir_path / f"{prefix or ''}{IMAGE_VAE_DIR}"
         if not vae_dir.is_dir():
             msg = f"dir_path={str(dir_path)!r} has no {vae_dir.name}/ (the image VAE saved with a Trident)."
             raise MorphomuError(msg)
-        saved = torch.load(
-            p / f"{prefix or ''}{SAVE_KEYS.MODEL_FNAME}", map_location="cpu", weights_only=False, mmap=True
+        info = attributes.get("data_info_")
+        if not isinstance(info, dict) or "tile_shape" not in info:
+            msg = f"dir_path={str(dir_path)!r}: the saved attributes have no data_info_ record with the tile shape."
+            raise MorphomuError(msg)
+        vae = _image_vae_cls().from_pretrained(
+            vae_dir, n_channels=int(info["tile_shape"][0]), legacy_format=legacy_format
         )
-        info = saved[SAVE_KEYS.ATTR_DICT_KEY]["data_info_"]
-        del saved
-        vae = _image_vae_cls().from_pretrained(vae_dir, n_channels=int(info["tile_shape"][0]))
-        token = _LOADING.set({"image_vae": vae, "data_info": info})
-        try:
-            model = super().load(
-                dir_path, mdata, accelerator=accelerator, device=device, prefix=prefix, **kwargs
-            )
-        finally:
-            _LOADING.reset(token)
-        model.module.eval()
-        return model
+        return _loading_context(vae, info)

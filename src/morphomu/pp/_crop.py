@@ -510,7 +510,8 @@ def crop_cells(
         Path of a zarr array to write the crops to instead of ``.obsm[images_key]``: for plates too
         large for memory. It is written atomically, field by field.
     overwrite
-        Replace an existing ``store``.
+        Replace an existing ``store`` if it is one morphomu wrote (it carries morphomu's marker); any
+        other directory is never replaced.
     images_key
         ``.obsm`` key of in-memory crops, or ``.uns`` key of the on-disk reference
         (``{'store': path, 'row_key': f'{images_key}_row', ...}``, with that obs column giving each
@@ -626,7 +627,7 @@ def crop_cells(
     else:
         import zarr
 
-        with atomic_path(store, overwrite=overwrite, arg="store") as tmp:
+        with atomic_path(store, overwrite=overwrite, arg="store", kind="dir") as tmp:
             arr = zarr.create_array(
                 store=str(tmp), shape=(0, *shape_tail), chunks=(_CHUNK_CELLS, *shape_tail), dtype=dtype
             )

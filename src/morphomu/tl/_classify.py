@@ -14,7 +14,7 @@ import pandas as pd
 from .. import _constants as C
 from .._errors import ContractError, MorphomuError
 from .._uns import store
-from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
+from .._validation import check_mudata, check_obs_keys, check_positive_int, check_rep, get_mod
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -221,9 +221,8 @@ def classify(
         raise MorphomuError(msg)
     specs = parse_inputs(inputs)
     resolve_hparams(hparams, setting, input_kind(specs))
-    if not isinstance(k, int | np.integer) or k < 1:
-        msg = f"k must be a positive integer, got {k!r}."
-        raise MorphomuError(msg)
+    k = check_positive_int(k, "k")
+    checkpoint_every_n_steps = check_positive_int(checkpoint_every_n_steps, "checkpoint_every_n_steps")
     if seeds is None:
         seeds = (CV_SEED,) if cv else PAPER_SEEDS
     seeds = [seeds] if isinstance(seeds, int | np.integer) else list(seeds)

@@ -11,7 +11,7 @@ from .. import _constants as C
 from .._errors import ContractError, MorphomuError
 from .._mudata import update
 from .._uns import store
-from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
+from .._validation import check_args, check_mudata, check_obs_keys, check_positive_int, check_rep, get_mod
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -130,12 +130,10 @@ def generate_morphology(
     if output not in _OUTPUTS:
         msg = f"output={output!r}: choose one of {list(_OUTPUTS)}."
         raise MorphomuError(msg)
-    if isinstance(n_images_per_treatment, bool) or not isinstance(n_images_per_treatment, int | np.integer):
-        msg = f"n_images_per_treatment must be a positive integer, got {n_images_per_treatment!r}."
-        raise MorphomuError(msg)
-    if n_images_per_treatment < 1:
-        msg = f"n_images_per_treatment must be a positive integer, got {n_images_per_treatment!r}."
-        raise MorphomuError(msg)
+    n_images_per_treatment = check_positive_int(n_images_per_treatment, "n_images_per_treatment")
+    _check_kwargs(
+        output, model=model, preset=preset, train_kwargs=train_kwargs, generate_kwargs=generate_kwargs
+    )
     if not isinstance(key_added, str) or not key_added:
         msg = f"key_added must be a modality name (str), got {key_added!r}."
         raise MorphomuError(msg)
@@ -214,6 +212,36 @@ def generate_morphology(
         },
     )
     return trained_here
+
+
+def _check_kwargs(
+    output: str,
+    *,
+    model: Any,
+    preset: str,
+    train_kwargs: dict[str, Any] | None,
+    generate_kwargs: dict[str, Any],
+) -> None:
+    """Check the arguments passed on to the model before anything is registered or trained.
+
+    The model's own tables of checks (``TRAIN_CHECKS`` / ``GENERATE_CHECKS``) are run on the keyword
+    arguments, so that e.g. a bad ``n_steps`` is refused before a model is trained here, not after.
+    """
+    if output == "image":
+        from ..models import _trident as module
+        from ..module._trident import TRIDENT_PRESETS as presets
+    else:
+        from ..models import _phenoseq as module
+        from ..module._phenoseq import PHENOSEQ_PRESETS as presets
+    check_args(generate_kwargs, module.GENERATE_CHECKS)
+    if model is None:
+        if preset not in presets:
+            msg = f"preset={preset!r}: choose one of {sorted(presets)}."
+            raise MorphomuError(msg)
+        if train_kwargs is not None and not isinstance(train_kwargs, dict):
+            msg = f"train_kwargs must be a dict of the model's train arguments or None, got {train_kwargs!r}."
+            raise MorphomuError(msg)
+        check_args(train_kwargs or {}, module.TRAIN_CHECKS)
 
 
 # ---------------------------------------------------------------------------------------------------

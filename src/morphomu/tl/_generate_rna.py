@@ -11,7 +11,7 @@ from .. import _constants as C
 from .._errors import ContractError, MorphomuError
 from .._mudata import update
 from .._uns import store
-from .._validation import check_mudata, check_obs_keys, get_mod
+from .._validation import check_args, check_mudata, check_obs_keys, get_mod
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -96,6 +96,9 @@ def generate_rna(
     if model is not None and method != "phenoseq":
         msg = "model= is only used with method='phenoseq'."
         raise MorphomuError(msg)
+    _check_kwargs(
+        method, model=model, preset=preset, train_kwargs=train_kwargs, generate_kwargs=generate_kwargs
+    )
     keys = {
         "image_mod": image_mod,
         "rna_mod": rna_mod,
@@ -142,6 +145,32 @@ def generate_rna(
     return trained_here
 
 
+def _check_kwargs(
+    method: str,
+    *,
+    model: Any,
+    preset: str,
+    train_kwargs: dict[str, Any] | None,
+    generate_kwargs: dict[str, Any],
+) -> None:
+    """Check the arguments passed on to PhenoSeq (or the ridge) before anything is registered or trained."""
+    from ..models._phenoseq import GENERATE_CHECKS, TRAIN_CHECKS, check_n_cells
+    from ..module._phenoseq import PHENOSEQ_PRESETS
+
+    if method == "ridge":
+        check_args(generate_kwargs, {"n_cells_per_sample": check_n_cells})
+        return
+    check_args(generate_kwargs, GENERATE_CHECKS)  # a bad n_steps must not wait for the training to end
+    if model is None:
+        if preset not in PHENOSEQ_PRESETS:
+            msg = f"preset={preset!r}: choose one of {sorted(PHENOSEQ_PRESETS)}."
+            raise MorphomuError(msg)
+        if train_kwargs is not None and not isinstance(train_kwargs, dict):
+            msg = f"train_kwargs must be a dict of PhenoSeq.train arguments or None, got {train_kwargs!r}."
+            raise MorphomuError(msg)
+        check_args(train_kwargs or {}, TRAIN_CHECKS)
+
+
 def _check_splits(mdata: MuData, keys: dict[str, Any]) -> None:
     rna = get_mod(mdata, keys["rna_mod"], arg="rna_mod")
     check_obs_keys(rna, {"split_key": keys["split_key"]}, mod=keys["rna_mod"])
@@ -176,6 +205,7 @@ def _ridge_generate(
         _rows,
         _sample_hash,
         _sample_obs,
+        check_n_cells,
     )
     from ..pp._standardize import Standardizer
 
@@ -203,13 +233,10 @@ def _ridge_generate(
         if len(unknown):
             msg = f"samples {list(unknown[:5])} have no imaging cells in mdata.mod[{keys['image_mod']!r}]."
             raise ContractError(msg)
-    if n_cells_per_sample == "match":
+    if check_n_cells(n_cells_per_sample) == "match":
         counts = pd.Series(rna_samples).value_counts().reindex(names, fill_value=0).to_numpy()
-    elif isinstance(n_cells_per_sample, int | np.integer) and n_cells_per_sample >= 1:
-        counts = np.full(len(names), int(n_cells_per_sample))
     else:
-        msg = f"n_cells_per_sample must be 'match' or a positive integer, got {n_cells_per_sample!r}."
-        raise MorphomuError(msg)
+        counts = np.full(len(names), int(n_cells_per_sample))
 
     train_names = pd.Index(sorted(set(rna_samples[train])))
     img_matrix, rna_matrix = _matrix(img, keys["image_rep"]), _matrix(rna, keys["rna_rep"])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,21 @@ _TMP_SUFFIX = ".tmp"
 # ---------------------------------------------------------------------------------------------------
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+
+
+def _remove_stale_tmp(directory: Path, name: str = CHECKPOINT_NAME) -> None:
+    """Remove the temporary files :func:`atomic_torch_save` of a killed writer left for ``name``.
+
+    Only the exact names it writes (``.{name}.{pid}.tmp``), only regular files, and only when that PID is
+    dead on this host: anything else in the directory is the user's, or a live writer's.
+    """
+    from .._io import process_is_alive
+
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+){re.escape(_TMP_SUFFIX)}$")
+    for entry in directory.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_file() and not entry.is_symlink() and not process_is_alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -230,8 +246,7 @@ class TrainingCheckpoint(Callback):
         """Create the directory and remove temporary files left by a killed writer."""
         if self.dirpath is not None and trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            for stale in self.dirpath.glob(f".*{_TMP_SUFFIX}"):
-                stale.unlink(missing_ok=True)
+            _remove_stale_tmp(self.dirpath)
 
     def _save(self, trainer: Any) -> None:
         if self.dirpath is None:

@@ -39,6 +39,7 @@ import torch
 from scipy import sparse
 
 from .._errors import MorphomuError
+from .._validation import available_memory
 
 __all__ = ["RowCache", "RowReader", "SourceRows", "is_in_memory", "use_disk_cache"]
 
@@ -57,18 +58,6 @@ def is_in_memory(matrix: Any) -> bool:
     return isinstance(matrix, np.ndarray | pd.DataFrame | torch.Tensor) or sparse.issparse(matrix)
 
 
-def _available_memory() -> int:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes (total physical memory where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def use_disk_cache(matrix: Any, n_rows: int, *, in_memory: bool | None, memory_fraction: float = 0.5) -> bool:
     """Decide between the in-memory path and a :class:`RowCache` for ``n_rows`` rows of ``matrix``.
 
@@ -83,7 +72,7 @@ def use_disk_cache(matrix: Any, n_rows: int, *, in_memory: bool | None, memory_f
         return not in_memory
     if not is_in_memory(matrix):
         return True
-    return n_rows * int(matrix.shape[1]) * 4 > memory_fraction * _available_memory()
+    return n_rows * int(matrix.shape[1]) * 4 > memory_fraction * available_memory()
 
 
 # ---------------------------------------------------------------------------------------------------
