@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from morphomu._constants import CONTROL, SCGENESCOPE_CONDITIONS  # noqa: E402
-from morphomu.pp._featurize import inchikey, parent_mol  # noqa: E402
+from morphomu._core import inchikey, parent_mol  # noqa: E402
 
 OUT = ROOT / "src" / "morphomu" / "datasets" / "data" / "compounds.csv"
 SG, BB = "scgenescope", "bbbc021"

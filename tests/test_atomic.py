@@ -168,13 +168,13 @@ def test_cli_outputs_are_atomic_and_never_overwritten_unasked(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "--out=" in err and "exists; pass --overwrite" in err
 
-    import morphomu._benchmark as benchmark
+    import morphomu.benchmark as benchmark
 
     def partial_run(mdata, *, out, config, log):
         (Path(out) / "report.md").write_text("half a report")
         raise RuntimeError("killed mid-way")
 
-    monkeypatch.setattr(benchmark, "run_benchmark", partial_run)
+    monkeypatch.setattr(benchmark, "run_rna_benchmark", partial_run)
     with pytest.raises(RuntimeError, match="killed mid-way"):
         _cli.main([*bench, "--overwrite"])
     # nothing finished, nothing published (a run that finished stages publishes them with its status:

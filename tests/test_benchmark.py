@@ -6,8 +6,9 @@ import pytest
 
 import morphomu as mm
 from morphomu import _paper as paper
-from morphomu._benchmark import _mean_std, fidelity_scores, imaging_separability, render_report
 from morphomu._cli import main
+from morphomu.benchmark import fidelity_scores, imaging_separability, render_rna_report
+from morphomu.benchmark._report import mean_std
 
 
 def _fake_classification():
@@ -68,7 +69,7 @@ def test_report_tables_hold_our_numbers_beside_the_papers():
         "timings_s": {"total": 1.0},
         "plots": ["fidelity.png"],
     }
-    report = render_report(results, classification=classification, fidelity_table=table)
+    report = render_rna_report(results, classification=classification, fidelity_table=table)
     assert "**Simulated data.**" in report and "not comparable" in report
     # Image (real), single: WE accuracies 0.19 and 0.21 -> 0.200 ± 0.014; the paper's 0.270 beside it
     assert (
@@ -84,7 +85,7 @@ def test_report_tables_hold_our_numbers_beside_the_papers():
 
 def test_mean_std_of_one_run_has_no_spread():
     frame = pd.DataFrame({"test_set": ["test_we"], "balanced_accuracy": [0.3]})
-    mean, std = _mean_std(frame, "test_we", "balanced_accuracy")
+    mean, std = mean_std(frame, "test_we", "balanced_accuracy")
     assert mean == 0.3 and np.isnan(std)
 
 
@@ -105,9 +106,10 @@ def test_imaging_separability_finds_silent_treatments(small_mdata):
         (["--data", "a.h5mu", "--scgenescope", "root"], "at most one of --data and --scgenescope"),
     ],
 )
-def test_benchmark_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, extra, message):
+@pytest.mark.parametrize("task", [["rna"], []], ids=["rna", "no-task"])
+def test_benchmark_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, extra, message, task):
     out = tmp_path / "report"
-    assert main(["benchmark", "--out", str(out), *extra]) == 2
+    assert main(["benchmark", *task, "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
 
@@ -118,7 +120,7 @@ def test_benchmark_cli_refuses_a_mudata_outside_the_contract(tmp_path, capsys, m
     del broken["img"].obsm["X_vit"]
     broken.write(data)
     out = tmp_path / "report"
-    assert main(["benchmark", "--data", str(data), "--out", str(out)]) == 2
+    assert main(["benchmark", "rna", "--data", str(data), "--out", str(out)]) == 2
     assert "X_vit" in capsys.readouterr().err
     assert not out.exists()
 
@@ -130,6 +132,7 @@ def test_benchmark_cli_end_to_end(tmp_path):
     out = tmp_path / "report"
     argv = [
         "benchmark",
+        "rna",
         "--data",
         str(data),
         "--out",

@@ -9,7 +9,7 @@ from sklearn.linear_model import RidgeCV
 
 import morphomu as mm
 from morphomu import ContractError, MorphomuError
-from morphomu.pp._standardize import Standardizer
+from morphomu._core import Standardizer
 
 
 @pytest.fixture

@@ -209,7 +209,7 @@ def test_what_appears_during_a_run_is_never_replaced(tmp_path, monkeypatch, caps
     assert list(empty.iterdir()) == []
 
     # the benchmark: its report directory is created at --out during the run, without --overwrite
-    import morphomu._benchmark as benchmark
+    import morphomu.benchmark as benchmark
 
     data = tmp_path / "sim.h5mu"
     mm.datasets.simulate_scgenescope(**SMALL).write(data)
@@ -221,7 +221,7 @@ def test_what_appears_during_a_run_is_never_replaced(tmp_path, monkeypatch, caps
         (Path(out) / "report.md").write_text("done")
         return {"plots": []}
 
-    monkeypatch.setattr(benchmark, "run_benchmark", run)
+    monkeypatch.setattr(benchmark, "run_rna_benchmark", run)
     assert main(["benchmark", "--data", str(data), "--out", str(report)]) == 2
     err = capsys.readouterr().err
     assert "report' appeared while this run was writing" in err and "report.conflict-" in err
@@ -484,7 +484,7 @@ def test_index_is_replaced_when_morphomu_wrote_it(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ benchmark: a late failure keeps the tables
 def test_benchmark_failing_in_its_plots_publishes_the_finished_stages(tmp_path, monkeypatch, capsys):
-    import morphomu._benchmark as benchmark
+    from morphomu.benchmark import _rna as rna_task
 
     real_generate = mm.tl.generate_rna
 
@@ -494,9 +494,9 @@ def test_benchmark_failing_in_its_plots_publishes_the_finished_stages(tmp_path, 
     def plots(*args, **kwargs):
         raise RuntimeError("matplotlib exploded")
 
-    monkeypatch.setattr(benchmark, "_train_phenoseq", lambda *a, **k: SimpleNamespace(history={}))
+    monkeypatch.setattr(rna_task, "_train_phenoseq", lambda *a, **k: SimpleNamespace(history={}))
     monkeypatch.setattr(mm.tl, "generate_rna", ridge)
-    monkeypatch.setattr(benchmark, "_plots", plots)
+    monkeypatch.setattr(rna_task, "_plots", plots)
     data = tmp_path / "sim.h5mu"
     mm.datasets.simulate_scgenescope(**{**SMALL, "n_img_cells": 400, "n_rna_cells": 400}).write(data)
     out = tmp_path / "report"

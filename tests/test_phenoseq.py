@@ -19,7 +19,8 @@ from scipy.spatial.distance import cdist
 
 import morphomu as mm
 from morphomu import ContractError, MorphomuError
-from morphomu.models._phenoseq import PhenoSeq, _keyed_normal
+from morphomu._core import keyed_normal
+from morphomu.models._phenoseq import PhenoSeq
 
 SIM = {
     "seed": 0,
@@ -414,8 +415,8 @@ def test_shuffled_imaging_context_falls_to_chance(trained, test_we_samples):
 
 def test_keyed_noise_is_standard_normal_and_keyed():
     keys = np.arange(2000, dtype=np.uint64) * np.uint64(7919)
-    z = _keyed_normal(keys, 64)
+    z = keyed_normal(keys, 64)
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
-    np.testing.assert_array_equal(_keyed_normal(keys[5:9], 64), z[5:9])
+    np.testing.assert_array_equal(keyed_normal(keys[5:9], 64), z[5:9])
     assert abs(np.corrcoef(z[:, 0], z[:, 1])[0, 1]) < 0.06
     assert json.dumps(float(z[0, 0]))  # plain floats

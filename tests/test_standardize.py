@@ -7,7 +7,7 @@ from scipy import sparse
 
 import morphomu as mm
 from morphomu import ContractError, MorphomuWarning
-from morphomu.pp._standardize import Standardizer
+from morphomu._core import Standardizer
 
 
 @pytest.fixture

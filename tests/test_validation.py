@@ -97,7 +97,7 @@ def test_not_a_mudata_and_empty():
 def test_backed_matrix_is_scanned_in_chunks(tmp_path, monkeypatch):
     import morphomu._validation as v
 
-    monkeypatch.setattr(v, "_CHUNK_ROWS", 7)
+    monkeypatch.setattr(v, "CHUNK_ROWS", 7)
     rng = np.random.default_rng(0)
     img, x = _mod("img", 30, 6, rng)
     x[29, 5] = np.nan  # in the last chunk

@@ -168,16 +168,40 @@ def _load_benchmark_data(args: argparse.Namespace):
     return datasets.simulate_scgenescope(seed=args.seed), f"simulate_scgenescope(seed={args.seed})", True
 
 
-def _benchmark_morphology(args: argparse.Namespace) -> int:
-    from . import datasets
-    from ._benchmark_morphology import DEFAULT_DATA, MorphologyBenchmarkConfig, run_morphology_benchmark
+def _check_benchmark_args(args: argparse.Namespace) -> None:
+    """The checks both benchmark tasks make before any work (the data file, the sizes)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files; no display needed
+    if getattr(args, "scgenescope", None) is None:  # both given: the data loader names the conflict
+        _check_data_file(args.data)
+    if args.n_steps is not None:  # refused now, not after the models have trained
+        from ._validation import max_diffusion_steps
 
-    if args.scgenescope is not None:
-        msg = (
-            "--task morphology needs image tiles, which the scGeneScope feature release does not hold; give an "
-            ".h5mu with mdata['img'].obsm['images'] via --data, or run on the simulator (no data option)."
-        )
+        if not 1 <= args.n_steps <= max_diffusion_steps():
+            msg = (
+                f"--n-steps={args.n_steps}: expected a positive integer of at most {max_diffusion_steps()} "
+                "(the noise schedule's timesteps)."
+            )
+            raise MorphomuError(msg)
+    if args.preset not in ("tiny", "fast", "paper"):  # argparse choices already; kept for programmatic use
+        msg = f"--preset={args.preset!r}: choose tiny, fast or paper."
         raise MorphomuError(msg)
+    if args.max_epochs is not None and args.max_epochs < 1:
+        msg = f"--max-epochs={args.max_epochs}: expected a positive integer."
+        raise MorphomuError(msg)
+
+
+def _report_done(staged: StagedOutput, results: dict, *, t0: float) -> None:
+    print(
+        f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {staged.path / 'report.md'}"
+    )
+    print(f"[morphomu benchmark] plots: {', '.join(results['plots'])}")
+
+
+def _benchmark_morphology(args: argparse.Namespace) -> int:
+    """``morphomu benchmark morphology``."""
+    from . import benchmark, datasets
+
+    _check_benchmark_args(args)
     with _staged_out(args) as staged:  # checked before any work; published by _run_into
         t0 = time.perf_counter()
         print("[morphomu benchmark] loading data ...", flush=True)
@@ -185,10 +209,10 @@ def _benchmark_morphology(args: argparse.Namespace) -> int:
             mdata = _read_data_file(args.data)
             description, simulated = str(args.data), "simulation" in mdata.uns.get(C.UNS_KEY, {})
         else:
-            mdata = datasets.simulate_scgenescope(seed=args.seed, **DEFAULT_DATA)
-            kwargs = ", ".join(f"{k}={v!r}" for k, v in DEFAULT_DATA.items())
+            mdata = datasets.simulate_scgenescope(seed=args.seed, **benchmark.DEFAULT_MORPHOLOGY_DATA)
+            kwargs = ", ".join(f"{k}={v!r}" for k, v in benchmark.DEFAULT_MORPHOLOGY_DATA.items())
             description, simulated = f"simulate_scgenescope(seed={args.seed}, {kwargs})", True
-        config = MorphologyBenchmarkConfig(
+        config = benchmark.MorphologyBenchmarkConfig(
             preset=args.preset,
             accelerator=args.accelerator,
             max_epochs=args.max_epochs,
@@ -199,42 +223,18 @@ def _benchmark_morphology(args: argparse.Namespace) -> int:
         )
         log = lambda m: print(m, flush=True)  # noqa: E731
         results = _run_into(
-            staged, lambda tmp: run_morphology_benchmark(mdata, out=tmp, config=config, log=log)
+            staged, lambda tmp: benchmark.run_morphology_benchmark(mdata, out=tmp, config=config, log=log)
         )
-    print(
-        f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {staged.path / 'report.md'}"
-    )
-    print(f"[morphomu benchmark] plots: {', '.join(results['plots'])}")
+    _report_done(staged, results, t0=t0)
     return 0
 
 
-def _benchmark(args: argparse.Namespace) -> int:
-    os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files; no display needed
-    if args.preset is None:
-        args.preset = "tiny" if args.task == "morphology" else "fast"
-    if args.scgenescope is None:  # both given: the data loader names the conflict
-        _check_data_file(args.data)  # before any work, for both tasks
-    if args.n_steps is not None:  # refused now, not after the models have trained
-        from ._validation import max_diffusion_steps
-
-        if not 1 <= args.n_steps <= max_diffusion_steps():
-            msg = (
-                f"--n-steps={args.n_steps}: expected a positive integer of at most {max_diffusion_steps()} "
-                "(the noise schedule's timesteps)."
-            )
-            raise MorphomuError(msg)
-    if args.task == "morphology":
-        return _benchmark_morphology(args)
-    from ._benchmark import BenchmarkConfig, run_benchmark
+def _benchmark_rna(args: argparse.Namespace) -> int:
+    """``morphomu benchmark rna`` (and ``morphomu benchmark`` without a task)."""
+    from . import benchmark
     from ._validation import validate
 
-    if args.preset not in ("tiny", "fast", "paper"):  # argparse choices already; kept for programmatic use
-        msg = f"--preset={args.preset!r}: choose tiny, fast or paper."
-        raise MorphomuError(msg)
-    for name, value in (("--max-epochs", args.max_epochs), ("--n-steps", args.n_steps)):
-        if value is not None and value < 1:
-            msg = f"{name}={value}: expected a positive integer."
-            raise MorphomuError(msg)
+    _check_benchmark_args(args)
     with _staged_out(args) as staged:  # checked before any work; published by _run_into
         t0 = time.perf_counter()
         print("[morphomu benchmark] loading data ...", flush=True)
@@ -242,7 +242,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         image_rep = args.image_rep if args.image_rep != "X" else None
         rna_rep = args.rna_rep if args.rna_rep != "X" else None
         validate(mdata, mods={C.IMAGE_MOD: image_rep, C.RNA_MOD: rna_rep}, uns=False)
-        config = BenchmarkConfig(
+        config = benchmark.RnaBenchmarkConfig(
             preset=args.preset,
             accelerator=args.accelerator,
             seeds=tuple(args.seeds),
@@ -258,11 +258,10 @@ def _benchmark(args: argparse.Namespace) -> int:
             umap=not args.no_umap,
         )
         log = lambda m: print(m, flush=True)  # noqa: E731
-        results = _run_into(staged, lambda tmp: run_benchmark(mdata, out=tmp, config=config, log=log))
-    print(
-        f"[morphomu benchmark] done in {time.perf_counter() - t0:.0f} s; report: {staged.path / 'report.md'}"
-    )
-    print(f"[morphomu benchmark] plots: {', '.join(results['plots'])}")
+        results = _run_into(
+            staged, lambda tmp: benchmark.run_rna_benchmark(mdata, out=tmp, config=config, log=log)
+        )
+    _report_done(staged, results, t0=t0)
     return 0
 
 
@@ -276,6 +275,88 @@ def _convert(args: argparse.Namespace) -> int:
         f"converted the {manifest['model']} at {args.dir} to model format {manifest['format_version']}: {out}"
     )
     return 0
+
+
+def _add_shared_benchmark_options(
+    parser: argparse.ArgumentParser, *, data_help: str, preset: str, preset_help: str, max_epochs_help: str
+) -> argparse._ArgumentGroup:
+    """Options both tasks take, each task with its own defaults and help; returns the data group."""
+    source = parser.add_argument_group("data (default: the embedded simulator)")
+    source.add_argument("--data", type=Path, default=None, help=data_help)
+    source.add_argument("--seed", type=int, default=0, help="simulator seed")
+    parser.add_argument("--out", required=True, type=Path, help="report directory (created)")
+    parser.add_argument("--preset", choices=("tiny", "fast", "paper"), default=preset, help=preset_help)
+    parser.add_argument("--max-epochs", type=int, default=None, help=max_epochs_help)
+    parser.add_argument("--n-steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return source
+
+
+def _add_rna_parser(tasks: argparse._SubParsersAction) -> None:
+    rna = tasks.add_parser(
+        "rna",
+        help="image -> RNA: train PhenoSeq, generate RNA, and run the scGeneScope evaluation (the default)",
+        description=(
+            "The main job: split -> train PhenoSeq -> generate synthetic RNA -> fidelity -> the ten "
+            "classification settings of the PhenoSeq paper's Tables 1-2 -> ablations -> report. Without "
+            "--data or --scgenescope it runs on the embedded simulator."
+        ),
+    )
+    source = _add_shared_benchmark_options(
+        rna,
+        data_help="an .h5mu in the morphomu contract",
+        preset="fast",
+        preset_help="PhenoSeq size (default: fast)",
+        max_epochs_help="PhenoSeq epochs (default: 20 for tiny and fast, the preset's for paper)",
+    )
+    source.add_argument("--scgenescope", type=Path, default=None, help="root of the scGeneScope release")
+    rna.add_argument(
+        "--classifier-hparams",
+        choices=("paper", "fast", "tiny"),
+        default=None,
+        help="classifier sizes: paper = Table 6 widths (default: the same as --preset)",
+    )
+    rna.add_argument(
+        "--seeds", type=int, nargs="+", default=[12345, 42, 1234, 99, 7], help="classifier seeds"
+    )
+    rna.add_argument(
+        "--cv", action="store_true", help="3-fold replicate cross-validation (PhenoSeq per fold)"
+    )
+    rna.add_argument("--image-rep", default=C.IMAGE_REP, help="imaging .obsm key ('X' for .X)")
+    rna.add_argument("--rna-rep", default=C.RNA_REP, help="RNA .obsm key ('X' for .X)")
+    rna.add_argument("--no-ablations", action="store_true", help="skip the ridge / context / guidance rows")
+    rna.add_argument("--no-umap", action="store_true", help="skip the UMAP overlay plot")
+    rna.set_defaults(command_parser=rna, func=_benchmark_rna)
+
+
+def _add_morphology_parser(tasks: argparse._SubParsersAction) -> None:
+    morph = tasks.add_parser(
+        "morphology",
+        help="RNA + compound -> images: train TRIDENT and score its tiles (FID / KID / IS)",
+        description=(
+            "The TRIDENT evaluation: compound split -> train TRIDENT with and without RNA -> generate tiles "
+            "for the in-distribution (ID) and out-of-distribution (OOD) compounds -> FID / KID / IS per "
+            "split, beside a floor of real control tiles -> predicted-transcriptome accuracy -> report. "
+            "It needs image tiles: without --data it runs on the embedded simulator with rendered tiles."
+        ),
+    )
+    _add_shared_benchmark_options(
+        morph,
+        # the scGeneScope feature release holds no tiles, hence no --scgenescope here
+        data_help="an .h5mu in the morphomu contract with image tiles in mdata['img'].obsm['images'] "
+        "(the scGeneScope feature release has none)",
+        preset="tiny",
+        preset_help="TRIDENT size (default: tiny, sized for a CPU run of minutes)",
+        max_epochs_help="TRIDENT epochs (default: 120 for tiny, 60 for fast, the preset's for paper)",
+    )
+    morph.add_argument(
+        "--classifier-hparams",
+        choices=("paper", "fast", "tiny"),
+        default=None,
+        help="size of the classifier behind the IS score (default: tiny for --preset tiny, else fast)",
+    )
+    morph.set_defaults(command_parser=morph, func=_benchmark_morphology)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,61 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--with-images", action="store_true", help="also render 5-channel image tiles")
     sim.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    sim.set_defaults(func=_simulate)
+    sim.set_defaults(command_parser=sim, func=_simulate)
 
     bench = sub.add_parser(
         "benchmark",
-        help="train PhenoSeq, generate RNA, and run the scGeneScope evaluation (report.md, results.json, plots)",
+        help="run a benchmark task and write its report (report.md, results.json, plots): rna (the default) "
+        "or morphology",
         description=(
-            "The main job: split -> train PhenoSeq -> generate synthetic RNA -> fidelity -> the ten "
-            "classification settings of the PhenoSeq paper's Tables 1-2 -> ablations -> report. Without "
-            "--data or --scgenescope it runs on the embedded simulator."
+            "Run one benchmark task; each has its own options (morphomu benchmark TASK --help). Without a "
+            "task, morphomu benchmark [options] runs rna. --task rna|morphology is deprecated: write the "
+            "task as a sub-command."
         ),
     )
-    bench.add_argument(
-        "--task",
-        choices=("rna", "morphology"),
-        default="rna",
-        help="rna: image -> RNA (PhenoSeq, the scGeneScope tables); morphology: RNA + compound -> images "
-        "(TRIDENT: FID / KID / IS per ID / OOD split, with and without RNA, and a control-tile floor)",
-    )
-    source = bench.add_argument_group("data (default: the embedded simulator)")
-    source.add_argument("--data", type=Path, default=None, help="an .h5mu in the morphomu contract")
-    source.add_argument("--scgenescope", type=Path, default=None, help="root of the scGeneScope release")
-    source.add_argument("--seed", type=int, default=0, help="simulator seed")
-    bench.add_argument("--out", required=True, type=Path, help="report directory (created)")
-    bench.add_argument(
-        "--preset",
-        choices=("tiny", "fast", "paper"),
-        default=None,
-        help="model size: PhenoSeq (default fast) or TRIDENT (default tiny, sized for a CPU run of minutes)",
-    )
-    bench.add_argument(
-        "--max-epochs",
-        type=int,
-        default=None,
-        help="PhenoSeq (TRIDENT) epochs (default: 20 for tiny and fast (TRIDENT: 120 / 60), the preset's for paper)",
-    )
-    bench.add_argument("--n-steps", type=int, default=50, help="DDIM steps")
-    bench.add_argument(
-        "--classifier-hparams",
-        choices=("paper", "fast", "tiny"),
-        default=None,
-        help="classifier sizes: paper = Table 6 widths (default: the same as --preset)",
-    )
-    bench.add_argument(
-        "--seeds", type=int, nargs="+", default=[12345, 42, 1234, 99, 7], help="classifier seeds"
-    )
-    bench.add_argument(
-        "--cv", action="store_true", help="3-fold replicate cross-validation (PhenoSeq per fold)"
-    )
-    bench.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
-    bench.add_argument("--image-rep", default=C.IMAGE_REP, help="imaging .obsm key ('X' for .X)")
-    bench.add_argument("--rna-rep", default=C.RNA_REP, help="RNA .obsm key ('X' for .X)")
-    bench.add_argument("--no-ablations", action="store_true", help="skip the ridge / context / guidance rows")
-    bench.add_argument("--no-umap", action="store_true", help="skip the UMAP overlay plot")
-    bench.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    bench.set_defaults(func=_benchmark)
+    tasks = bench.add_subparsers(dest="task", metavar="TASK")
+    _add_rna_parser(tasks)
+    _add_morphology_parser(tasks)
 
     conv = sub.add_parser(
         "convert",
@@ -368,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="write the converted model here instead (created)"
     )
     conv.add_argument("--overwrite", action="store_true", help="replace --out if it is a morphomu output")
-    conv.set_defaults(func=_convert)
+    conv.set_defaults(command_parser=conv, func=_convert)
     return parser
 
 
@@ -396,12 +437,52 @@ def _show_output_log() -> None:
         log.setLevel(logging.INFO)
 
 
+_BENCHMARK_TASKS = ("rna", "morphology")
+
+
+def _benchmark_task_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the benchmark task written as a sub-command.
+
+    ``morphomu benchmark [options]`` (no task, as in the README's ``morphomu benchmark --out DIR``) runs
+    ``rna``, and the deprecated ``--task X`` becomes the sub-command ``X`` with a :class:`FutureWarning`.
+    Other commands, and a benchmark whose task is already a sub-command, are returned unchanged.
+    """
+    # the top-level parser has no option taking a value, so the first word is the command
+    i = next((k for k, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if i is None or argv[i] != "benchmark":
+        return argv
+    head, rest = argv[: i + 1], argv[i + 1 :]
+    if rest and rest[0] in (*_BENCHMARK_TASKS, "-h", "--help"):
+        return argv
+    for k, arg in enumerate(rest):
+        if arg == "--task" and k + 1 < len(rest):
+            task, rest = rest[k + 1], rest[:k] + rest[k + 2 :]
+            break
+        if arg.startswith("--task="):
+            task, rest = arg.partition("=")[2], rest[:k] + rest[k + 1 :]
+            break
+    else:
+        return [*head, "rna", *rest]
+    if task in _BENCHMARK_TASKS:  # anything else: argparse refuses it as a task, naming the choices
+        msg = (
+            f"`morphomu benchmark --task {task}` is deprecated and will be removed in the next release; "
+            f"write the task as a sub-command: `morphomu benchmark {task} ...` (its options: "
+            f"`morphomu benchmark {task} --help`)."
+        )
+        warnings.warn(msg, FutureWarning, stacklevel=3)
+    return [*head, task, *rest]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``morphomu`` console script."""
     _quiet_third_party_warnings()
     _show_output_log()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(
+        _benchmark_task_argv(list(sys.argv[1:] if argv is None else argv))
+    )
+    if unknown:  # refused by the (sub-)command given, so that its usage shows what it takes
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.version:
         from . import __version__
 

@@ -19,14 +19,12 @@ import pandas as pd
 from scipy import sparse
 
 from . import _constants as C
+from ._core import CHUNK_ROWS, rep_matrix
 from ._errors import ContractError, MorphomuError
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
-
-#: Rows scanned at a time when checking a matrix that lives on disk.
-_CHUNK_ROWS = 16_384
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,8 +346,8 @@ def _row_chunks(matrix: Any, n_rows: int) -> Iterable[Any]:
     if isinstance(matrix, np.ndarray | pd.DataFrame) or sparse.issparse(matrix):
         yield matrix
         return
-    for start in range(0, n_rows, _CHUNK_ROWS):  # backed / on-disk: bounded memory
-        yield matrix[start : start + _CHUNK_ROWS]
+    for start in range(0, n_rows, CHUNK_ROWS):  # backed / on-disk: bounded memory
+        yield matrix[start : start + CHUNK_ROWS]
 
 
 def _n_nonfinite(block: Any) -> int:
@@ -384,7 +382,7 @@ def check_rep(
         msg = f"{where(mod, rep)} ({arg}) must have {n_features} features, found {shape[1]}."
         raise ContractError(msg)
     if finite:
-        matrix = adata.X if rep is None else adata.obsm[rep]
+        matrix = rep_matrix(adata, rep)
         try:
             n_bad = sum(_n_nonfinite(block) for block in _row_chunks(matrix, shape[0]))
         except TypeError as e:
@@ -407,7 +405,7 @@ def get_rep(
 ) -> np.ndarray:
     """Return a checked representation as a dense array (loads it; use for in-memory data)."""
     check_rep(adata, rep, mod=mod, arg=arg, n_features=n_features)
-    matrix = adata.X if rep is None else adata.obsm[rep]
+    matrix = rep_matrix(adata, rep)
     if isinstance(matrix, pd.DataFrame):
         matrix = matrix.to_numpy()
     if sparse.issparse(matrix):

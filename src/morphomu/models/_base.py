@@ -184,13 +184,11 @@ class MorphomuModel(BaseModelClass):
         """Write what the model holds besides its module and attributes (e.g. a sub-model) into ``dir_path``."""
 
     @classmethod
-    def _load_context(
+    def _load_init_kwargs(
         cls, dir_path: Path, *, prefix: str | None, attributes: dict[str, Any], legacy_format: bool
-    ) -> Any:
-        """A context manager around the model's construction in :meth:`load` (e.g. to supply a sub-model)."""
-        import contextlib
-
-        return contextlib.nullcontext()
+    ) -> dict[str, Any]:
+        """Constructor arguments :meth:`load` adds to the saved ``init_params_`` (e.g. a saved sub-model)."""
+        return {}
 
     @staticmethod
     def read_manifest(
@@ -349,8 +347,10 @@ class MorphomuModel(BaseModelClass):
         extra = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
         if "registry" in inspect.signature(cls).parameters:
             non_kwargs["registry"] = registry
-        with cls._load_context(dir_path, prefix=prefix, attributes=attributes, legacy_format=legacy_format):
-            model = cls(adata, **non_kwargs, **extra)
+        non_kwargs.update(
+            cls._load_init_kwargs(dir_path, prefix=prefix, attributes=attributes, legacy_format=legacy_format)
+        )
+        model = cls(adata, **non_kwargs, **extra)
         for name, value in attributes.items():
             setattr(model, name, value)
         try:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,6 +16,7 @@ from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.train import TrainRunner
 
 from .. import _constants as C
+from .._core import Standardizer, quiet_lightning, rep_matrix, split_stream
 from .._errors import ContractError, MorphomuError, MorphomuWarning
 from .._validation import (
     check_args,
@@ -32,8 +31,6 @@ from .._validation import (
     optional,
 )
 from ..module._classifier import DualMLPClassifier, MLPClassifier
-from ..pp._standardize import Standardizer
-from ..train._checkpoint import Checkpointing
 from ..train._classifier import (
     ClassifierDataModule,
     ClassifierTrainingPlan,
@@ -43,9 +40,9 @@ from ..train._classifier import (
 )
 from ..train._disk_cache import RowCache, use_disk_cache
 from ._base import MorphomuModel, feature_field
+from ._training import TrainingMixin, train_docstring
 
 if TYPE_CHECKING:
-    from anndata import AnnData
     from mudata import MuData
 
 __all__ = [
@@ -286,15 +283,6 @@ def classification_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
         }
 
 
-def _stream(split: str) -> int:
-    """Stream id of a split's fixed draws (independent of the other splits)."""
-    return 1000 + zlib.crc32(str(split).encode()) % 1_000_000
-
-
-def _matrix(adata: AnnData, rep: str | None) -> Any:
-    return adata.X if rep is None else adata.obsm[rep]
-
-
 def _as_tensor(matrix: Any) -> torch.Tensor:
     """The matrix as a CPU float32 tensor, sharing memory when it already is a C-contiguous float32 array."""
     from scipy import sparse
@@ -318,29 +306,7 @@ def _matrix_key(matrix: Any) -> tuple:
     return ("object", id(matrix))
 
 
-@contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
-    """Silence Lightning's start-up logging and data-loader hints when progress output is off."""
-    if not enabled:
-        yield
-        return
-    names = ("lightning.pytorch", "lightning.fabric", "lightning", "scvi")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-            warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-class TreatmentClassifier(MorphomuModel):
+class TreatmentClassifier(TrainingMixin, MorphomuModel):
     """Identify a cell's (or a cell population's) treatment from imaging and/or RNA embeddings.
 
     The scGeneScope benchmark's classifiers as used by the PhenoSeq paper: an MLP for one input
@@ -512,7 +478,7 @@ class TreatmentClassifier(MorphomuModel):
         out: list[Any] = []
         for s in self.specs:
             adata = mdata.mod[s.mod]
-            matrix = _matrix(adata, s.rep)
+            matrix = rep_matrix(adata, s.rep)
             if not use_disk_cache(matrix, adata.n_obs, in_memory=opts["in_memory"]):
                 out.append(_as_tensor(matrix))
                 continue
@@ -652,6 +618,7 @@ class TreatmentClassifier(MorphomuModel):
         return examples, names, mdata.mod[self.specs[anchor].mod].obs_names.to_numpy()[anchor_rows]
 
     # ------------------------------------------------------------------ training
+    @train_docstring
     def train(
         self,
         max_epochs: int | None = None,
@@ -665,15 +632,15 @@ class TreatmentClassifier(MorphomuModel):
         epoch_size: int | None = None,
         seed: int = 12345,
         eval_seed: int = EVAL_SEED,
+        progress: bool = True,
+        in_memory: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_dtype: Literal["float32", "float16"] = "float32",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         strategy: str | Any | None = None,
         precision: str | int | None = None,
         num_workers: int = 0,
-        progress: bool = True,
-        in_memory: bool | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        cache_dtype: Literal["float32", "float16"] = "float32",
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
         ckpt_path: str | os.PathLike | None = None,
@@ -707,10 +674,6 @@ class TreatmentClassifier(MorphomuModel):
             Seed of the training draws (weight initialisation follows torch's global seed).
         eval_seed
             Seed of the fixed validation populations.
-        accelerator, devices, strategy, precision
-            Passed to Lightning.
-        num_workers
-            Data-loader workers (the draws do not depend on it).
         progress
             Show Lightning's progress bar and start-up messages.
         in_memory
@@ -724,64 +687,82 @@ class TreatmentClassifier(MorphomuModel):
             model is garbage-collected.
         cache_dtype
             ``'float32'`` (the same values) or ``'float16'`` (half the disk and I/O).
-        checkpoint_dir
-            Directory for resumable checkpoints (``last.ckpt``: weights, optimiser, best validation
-            weights, early stopping, random generators, data position); ``None`` writes none.
-        checkpoint_every_n_steps
-            Optimiser steps between checkpoints.
-        ckpt_path
-            ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it when there is no
-            checkpoint yet), or a ``.ckpt`` path; the resumed run ends with the same weights as an
-            uninterrupted one. Use a fresh model created as the interrupted one was.
-        **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer`.
+        {train_core}
         """
-        check_args(
+        self._run_training(
             {
                 "max_epochs": max_epochs,
                 "batch_size": batch_size,
                 "lr": lr,
                 "weight_decay": weight_decay,
+                "early_stopping": early_stopping,
                 "early_stopping_patience": early_stopping_patience,
                 "gradient_clip_val": gradient_clip_val,
                 "epoch_size": epoch_size,
+                "seed": seed,
+                "eval_seed": eval_seed,
+                "progress": progress,
+                "in_memory": in_memory,
+                "cache_dir": cache_dir,
+                "cache_dtype": cache_dtype,
                 "num_workers": num_workers,
             },
-            TRAIN_CHECKS,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            ckpt_path=ckpt_path,
+            trainer_kwargs=trainer_kwargs,
         )
+
+    # training hooks (models/_training.py); unset arguments come from the model's hparams
+    def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_args({k: args[k] for k in TRAIN_CHECKS if k in args}, TRAIN_CHECKS)
         hp = self.hparams
-        max_epochs = int(hp["max_epochs"] if max_epochs is None else max_epochs)
-        batch_size = int(hp["batch_size"] if batch_size is None else batch_size)
-        epoch_size = hp["epoch_size"] if epoch_size is None else epoch_size
-        if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
+        args["max_epochs"] = int(hp["max_epochs"] if args["max_epochs"] is None else args["max_epochs"])
+        args["batch_size"] = int(hp["batch_size"] if args["batch_size"] is None else args["batch_size"])
+        if args["epoch_size"] is None:
+            args["epoch_size"] = hp["epoch_size"]
+        if args["in_memory"] not in (None, True, False) or args["cache_dtype"] not in ("float32", "float16"):
             msg = (
                 f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
-                f"{in_memory!r} and {cache_dtype!r}."
+                f"{args['in_memory']!r} and {args['cache_dtype']!r}."
             )
             raise MorphomuError(msg)
-        run = {  # what defines the run: a checkpoint of another run is refused
+        return args
+
+    def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
+        keys = (
+            "max_epochs",
+            "batch_size",
+            "epoch_size",
+            "lr",
+            "weight_decay",
+            "early_stopping",
+            "early_stopping_patience",
+            "gradient_clip_val",
+            "seed",
+            "eval_seed",
+        )
+        return {
             "model": type(self).__name__,
             "setting": self.setting,
             "k": self.k,
             "classes": list(self.classes_),
-            "hparams": dict(hp),
-            "max_epochs": max_epochs,
-            "batch_size": batch_size,
-            "epoch_size": epoch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "early_stopping": early_stopping,
-            "early_stopping_patience": early_stopping_patience,
-            "gradient_clip_val": gradient_clip_val,
-            "seed": seed,
-            "eval_seed": eval_seed,
+            "hparams": dict(self.hparams),
+            **{k: args[k] for k in keys},
         }
-        checkpoints = Checkpointing.from_args(
-            checkpoint_dir, every_n_steps=checkpoint_every_n_steps, ckpt_path=ckpt_path, config=run
-        )
+
+    def _make_datamodule(self, args: dict[str, Any]) -> ClassifierDataModule:
         mdata = self.adata
         self._check_data(mdata)
-        self._cache_options = {"in_memory": in_memory, "cache_dir": cache_dir, "cache_dtype": cache_dtype}
+        self._cache_options = {
+            "in_memory": args["in_memory"],
+            "cache_dir": args["cache_dir"],
+            "cache_dtype": args["cache_dtype"],
+        }
         tensors = self._inputs(mdata)
         train, _, _ = self._examples(mdata, C.TRAIN, tensors)
         val, _, _ = self._examples(mdata, C.VAL, tensors)
@@ -790,51 +771,46 @@ class TreatmentClassifier(MorphomuModel):
                 data = pool.data.numpy() if isinstance(pool.data, torch.Tensor) else pool.data
                 scaler = Standardizer.fit(data, pool.order.numpy())
                 self.module.set_standardization(i, scaler.mean, scaler.std)
-        datamodule = self._data_splitter_cls(
+        epoch_size = args["epoch_size"]
+        return self._data_splitter_cls(
             train=train,
             val=val,
-            batch_size=batch_size,
-            seed=seed,
-            eval_seed=eval_seed,
-            val_stream=_stream(C.VAL),
+            batch_size=args["batch_size"],
+            seed=args["seed"],
+            eval_seed=args["eval_seed"],
+            val_stream=split_stream(C.VAL),
             epoch_size=None if epoch_size is None else int(epoch_size),
-            num_workers=num_workers,
+            num_workers=args["num_workers"],
         )
-        plan = self._training_plan_cls(
+
+    def _make_plan(self, args: dict[str, Any]) -> ClassifierTrainingPlan:
+        hp = self.hparams
+        return self._training_plan_cls(
             self.module,
-            lr=hp["lr"] if lr is None else lr,
-            weight_decay=hp["weight_decay"] if weight_decay is None else weight_decay,
+            lr=hp["lr"] if args["lr"] is None else args["lr"],
+            weight_decay=hp["weight_decay"] if args["weight_decay"] is None else args["weight_decay"],
         )
-        kwargs: dict[str, Any] = {
-            "gradient_clip_val": hp["gradient_clip"] if gradient_clip_val is None else gradient_clip_val,
+
+    def _trainer_defaults(self, args: dict[str, Any], datamodule: ClassifierDataModule) -> dict[str, Any]:
+        hp = self.hparams
+        clip, patience = args["gradient_clip_val"], args["early_stopping_patience"]
+        return {
+            "gradient_clip_val": hp["gradient_clip"] if clip is None else clip,
             "use_distributed_sampler": False,  # the data module shards every batch by rank itself
-            "early_stopping": early_stopping,
+            "early_stopping": args["early_stopping"],
             "early_stopping_monitor": "validation_balanced_accuracy",
             "early_stopping_mode": "max",
-            "early_stopping_patience": int(
-                hp["patience"] if early_stopping_patience is None else early_stopping_patience
-            ),
+            "early_stopping_patience": int(hp["patience"] if patience is None else patience),
             "check_val_every_n_epoch": 1,
             "num_sanity_val_steps": 0,
-            "enable_progress_bar": progress,
+            "enable_progress_bar": args["progress"],
             "enable_model_summary": False,
-            **trainer_kwargs,
         }
-        if strategy is not None:
-            kwargs["strategy"] = strategy
-        if precision is not None:
-            kwargs["precision"] = precision
-        with _quiet(not progress):
-            runner = self._train_runner_cls(
-                self,
-                training_plan=plan,
-                data_splitter=datamodule,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                **checkpoints.trainer_kwargs(kwargs),
-            )
-            runner()
+
+    def _training_context(self, args: dict[str, Any]) -> Any:
+        return quiet_lightning(not args["progress"])
+
+    def _after_training(self, plan: ClassifierTrainingPlan, args: dict[str, Any]) -> None:
         if plan.best_state is not None:
             self.module.load_state_dict(plan.best_state)
         self.best_epoch_, self.best_validation_score_ = plan.best_epoch, plan.best_score
@@ -882,7 +858,7 @@ class TreatmentClassifier(MorphomuModel):
             examples,
             batch_size=int(batch_size or self.hparams["batch_size"]),
             seed=seed,
-            stream=_stream(split),
+            stream=split_stream(split),
         )
         preds = []
         for batch in loader:

@@ -13,12 +13,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from scvi.data import AnnDataManager
 from scvi.train import TrainRunner
-from torch.utils.data import DataLoader, Dataset
 
 from .. import _constants as C
+from .._core import (
+    FIELD_REGISTRIES_KEY,
+    MODEL_NAME_KEY,
+    SCVI_VERSION_KEY,
+    SETUP_ARGS_KEY,
+    SETUP_METHOD_NAME_KEY,
+)
 from .._errors import ContractError, MorphomuError
 from .._validation import (
     check_args,
@@ -29,8 +34,9 @@ from .._validation import (
     optional,
 )
 from ..module._image_vae import IMAGE_VAE_PRESETS, ImageVAEModule, autoencoder_config
-from ..train._plan import LossTrainingPlan
+from ..train._image_vae_data import ImageVAETrainingPlan, TileDataModule, tiles_to_tensor
 from ._base import MANIFEST, MorphomuModel
+from ._training import TrainingMixin, train_docstring
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -121,16 +127,6 @@ def _check_finite(images: Any, *, where: str) -> None:
             raise ContractError(msg)
 
 
-def _to_torch(tiles: np.ndarray) -> torch.Tensor:
-    """Raw tiles as a tensor torch can index and move (uint8 and float16/32 kept; uint16/32 widened)."""
-    tiles = np.ascontiguousarray(tiles)
-    if tiles.dtype in (np.uint8, np.float16, np.float32):
-        return torch.from_numpy(tiles)
-    if np.issubdtype(tiles.dtype, np.unsignedinteger):
-        return torch.from_numpy(tiles.astype(np.int64 if tiles.dtype.itemsize >= 4 else np.int32))
-    return torch.from_numpy(tiles.astype(np.float32))
-
-
 def _fit_rows(n: int, limit: int = _N_FIT_TILES) -> np.ndarray:
     """At most ``limit`` evenly spaced row positions out of ``n`` (deterministic)."""
     return (
@@ -157,140 +153,20 @@ def _intensity_range(images: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _bare_registry(images_key: str, split_key: str | None) -> dict[str, Any]:
     """The registry of a model that has no AnnData (loaded from a pretrained directory)."""
     import scvi
-    from scvi.data import _constants as sc
 
     return {
-        sc._SCVI_VERSION_KEY: scvi.__version__,
-        sc._MODEL_NAME_KEY: "ImageVAE",
-        sc._SETUP_METHOD_NAME: "setup_anndata",
-        sc._SETUP_ARGS_KEY: {"images_key": images_key, "split_key": split_key},
-        sc._FIELD_REGISTRIES_KEY: {},
+        SCVI_VERSION_KEY: scvi.__version__,
+        MODEL_NAME_KEY: "ImageVAE",
+        SETUP_METHOD_NAME_KEY: "setup_anndata",
+        SETUP_ARGS_KEY: {"images_key": images_key, "split_key": split_key},
+        FIELD_REGISTRIES_KEY: {},
     }
-
-
-# ---------------------------------------------------------------------------------------------------
-# training pieces
-# ---------------------------------------------------------------------------------------------------
-class _Tiles(Dataset):
-    """Tiles of given rows of an in-memory ``(n, C, H, W)`` array, as ``{'images': raw tensor}`` items."""
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray) -> None:
-        self.images, self.rows = images, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"images": _to_torch(self.images[self.rows[i]])}
-
-
-class _TileBatches(Dataset):
-    """Whole training batches keyed by ``(epoch, step)``: the epoch's order is drawn from ``(seed, epoch)``.
-
-    Keyed draws make a resumed run (:mod:`morphomu.train._checkpoint`) see exactly the batches the
-    interrupted one would have seen.
-    """
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int) -> None:
-        self.images, self.rows, self.batch_size, self.seed = images, rows, batch_size, seed
-        self._order: tuple[int, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return -(-len(self.rows) // self.batch_size)
-
-    def order(self, epoch: int) -> np.ndarray:
-        """Rows of one epoch in visiting order (drawn once per epoch, not once per batch)."""
-        from ..train._set_data import keyed_seed
-
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng(keyed_seed(self.seed, epoch)).permutation(self.rows))
-        return self._order[1]
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, step = key
-        rows = np.sort(self.order(epoch)[step * self.batch_size : (step + 1) * self.batch_size])
-        return {"images": _to_torch(np.asarray(self.images[rows]))}
-
-
-class TileDataModule(LightningDataModule):
-    """Train (keyed-shuffled, resumable) and validation loaders over the tiles of an AnnData's ``.obsm``.
-
-    Under DDP Lightning shards the loaders with its distributed sampler.
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        *,
-        train_rows: np.ndarray,
-        val_rows: np.ndarray,
-        batch_size: int,
-        seed: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        self.images, self.train_rows, self.val_rows = images, train_rows, val_rows
-        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.n_train, self.n_val = len(train_rows), len(val_rows)
-
-    def _loader(self, rows: np.ndarray, *, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            _Tiles(self.images, rows),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(int(self.seed)) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled train tiles, one batch per ``(epoch, step)`` key."""
-        from ..train._set_data import epoch_loader
-
-        batches = _TileBatches(self.images, self.train_rows, batch_size=self.batch_size, seed=self.seed)
-        return epoch_loader(batches, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation tiles in order (none when there are no validation rows)."""
-        return self._loader(self.val_rows, shuffle=False) if self.n_val else []
-
-
-class ImageVAETrainingPlan(LossTrainingPlan):
-    """Logs the loss and the reconstruction error per epoch, for training and validation tiles."""
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One step: loss + per-epoch ``train_loss``, ``train_reconstruction``, ``train_kl``."""
-        _, _, out = self.forward(batch)
-        self._log("train", out)
-        return out.loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """``validation_loss``, ``validation_reconstruction``, ``validation_kl`` per epoch."""
-        _, _, out = self.forward(batch)
-        self._log("validation", out)
-
-    def _log(self, stage: str, out: Any) -> None:
-        metrics = {
-            f"{stage}_loss": out.loss,
-            f"{stage}_reconstruction": out.extra_metrics["reconstruction"],
-            f"{stage}_kl": out.extra_metrics["kl"],
-        }
-        for name, value in metrics.items():
-            self.log(
-                name,
-                value,
-                on_step=False,
-                on_epoch=True,
-                prog_bar=name.endswith("loss"),
-                batch_size=out.n_obs_minibatch,
-                sync_dist=self.use_sync_dist,
-            )
 
 
 # ---------------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------------
-class ImageVAE(MorphomuModel):
+class ImageVAE(TrainingMixin, MorphomuModel):
     """Variational autoencoder for n-channel image tiles: a diffusers ``AutoencoderKL``.
 
     The image autoencoder of latent diffusion (TRIDENT takes Stable Diffusion's, pre-trained). Tiles keep
@@ -402,7 +278,7 @@ class ImageVAE(MorphomuModel):
             config = {k: v for k, v in dict(autoencoder_config).items() if not k.startswith("_")}
             n_channels = int(config["in_channels"])
         self.preset = preset
-        self.module = ImageVAEModule(config, reconstruction=reconstruction)
+        self.module = self._module_cls(config, reconstruction=reconstruction)
         if adata is not None:
             images = adata.obsm[self.setup_args["images_key"]]
             _check_tiles(
@@ -523,6 +399,7 @@ class ImageVAE(MorphomuModel):
             raise ContractError(msg)
         return train, val
 
+    @train_docstring
     def train(
         self,
         max_epochs: int | None = None,
@@ -531,11 +408,11 @@ class ImageVAE(MorphomuModel):
         lr: float | None = None,
         kl_weight: float = 1e-6,
         weight_decay: float = 0.0,
+        seed: int = 0,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         strategy: str | Any | None = None,
         precision: str | int | None = None,
-        seed: int = 0,
         num_workers: int = 0,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
@@ -561,57 +438,58 @@ class ImageVAE(MorphomuModel):
             :meth:`morphomu.module._image_vae.ImageVAEModule.loss`).
         weight_decay
             AdamW weight decay.
-        accelerator
-            Lightning accelerator.
-        devices
-            Lightning devices.
-        strategy
-            Lightning strategy, e.g. ``'ddp'``.
-        precision
-            Lightning precision, e.g. ``'bf16-mixed'``.
         seed
             Seed of the tile order. Weight initialisation and posterior draws follow torch's global seed
             (``scvi.settings.seed``).
-        num_workers
-            Data-loader workers.
-        checkpoint_dir
-            Directory for resumable checkpoints (``last.ckpt``: weights, optimiser, random state and the
-            position in the epoch; :mod:`morphomu.train._checkpoint`).
-        checkpoint_every_n_steps
-            Optimiser steps between checkpoints.
-        ckpt_path
-            ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it), or a ``.ckpt`` path.
-        **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``).
+        {train_core}
         """
-        from ..train._checkpoint import Checkpointing
-
-        if self.adata is None:
-            msg = (
-                "this ImageVAE has no data (it was loaded from a pretrained directory or without AnnData); "
-                "set up an AnnData with ImageVAE.setup_anndata and build a model on it to train."
-            )
-            raise MorphomuError(msg)
-        check_args(
+        self._run_training(
             {
                 "max_epochs": max_epochs,
                 "batch_size": batch_size,
                 "lr": lr,
                 "kl_weight": kl_weight,
                 "weight_decay": weight_decay,
+                "seed": seed,
                 "num_workers": num_workers,
             },
-            TRAIN_CHECKS,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            ckpt_path=ckpt_path,
+            trainer_kwargs=trainer_kwargs,
         )
+
+    # training hooks (models/_training.py)
+    def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.adata is None:
+            msg = (
+                "this ImageVAE has no data (it was loaded from a pretrained directory or without AnnData); "
+                "set up an AnnData with ImageVAE.setup_anndata and build a model on it to train."
+            )
+            raise MorphomuError(msg)
+        check_args({k: args[k] for k in TRAIN_CHECKS if k in args}, TRAIN_CHECKS)
         defaults = TRAIN_DEFAULTS[self.preset]
-        max_epochs = int(defaults["max_epochs"] if max_epochs is None else max_epochs)
-        batch_size = int(defaults["batch_size"] if batch_size is None else batch_size)
-        lr = float(defaults["lr"] if lr is None else lr)
-        run = {"model": type(self).__name__, "preset": self.preset, "max_epochs": max_epochs}
-        run |= {"batch_size": batch_size, "lr": lr, "kl_weight": float(kl_weight), "seed": int(seed)}
-        checkpoints = Checkpointing.from_args(
-            checkpoint_dir, every_n_steps=checkpoint_every_n_steps, ckpt_path=ckpt_path, config=run
-        )
+        args["max_epochs"] = int(defaults["max_epochs"] if args["max_epochs"] is None else args["max_epochs"])
+        args["batch_size"] = int(defaults["batch_size"] if args["batch_size"] is None else args["batch_size"])
+        args["lr"] = float(defaults["lr"] if args["lr"] is None else args["lr"])
+        return args
+
+    def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
+        keys = ("max_epochs", "batch_size", "lr")
+        return {
+            "model": type(self).__name__,
+            "preset": self.preset,
+            **{k: args[k] for k in keys},
+            "kl_weight": float(args["kl_weight"]),
+            "seed": int(args["seed"]),
+        }
+
+    def _training_tiles(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The checked tiles and their train / validation rows."""
         images_key = self.setup_args["images_key"]
         images = self.adata.obsm[images_key]
         _check_tiles(
@@ -621,41 +499,37 @@ class ImageVAE(MorphomuModel):
             n_channels=self.n_channels,
             factor=self.downsample_factor,
         )
-        train_rows, val_rows = self._rows()
+        return (images, *self._rows())
+
+    def _make_datamodule(self, args: dict[str, Any]) -> TileDataModule:
+        images, train_rows, val_rows = self._training_tiles()
         if not self.is_trained_:  # the intensity mapping is fit once, on train tiles
             low, high, clip = _intensity_range(images, train_rows[_fit_rows(train_rows.size)])
             with torch.no_grad():
                 self.module.intensity_low.copy_(torch.from_numpy(low))
                 self.module.intensity_high.copy_(torch.from_numpy(high))
                 self.module.clip_output.fill_(clip)
-        self.module.kl_weight = float(kl_weight)
-        datamodule = TileDataModule(
+        self.module.kl_weight = float(args["kl_weight"])
+        return self._data_splitter_cls(
             images,
             train_rows=train_rows,
             val_rows=val_rows,
-            batch_size=batch_size,
-            seed=seed,
-            num_workers=num_workers,
+            batch_size=args["batch_size"],
+            seed=args["seed"],
+            num_workers=args["num_workers"],
         )
-        plan = self._training_plan_cls(
-            self.module, optimizer="AdamW", lr=lr, weight_decay=weight_decay, eps=1e-8
+
+    def _make_plan(self, args: dict[str, Any]) -> ImageVAETrainingPlan:
+        return self._training_plan_cls(
+            self.module, optimizer="AdamW", lr=args["lr"], weight_decay=args["weight_decay"], eps=1e-8
         )
-        kwargs: dict[str, Any] = {"check_val_every_n_epoch": 1, "early_stopping": False, **trainer_kwargs}
-        if strategy is not None:
-            kwargs["strategy"] = strategy
-        if precision is not None:
-            kwargs["precision"] = precision
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=datamodule,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            **checkpoints.trainer_kwargs(kwargs),
-        )
-        runner()
+
+    def _trainer_defaults(self, args: dict[str, Any], datamodule: TileDataModule) -> dict[str, Any]:
+        return {"check_val_every_n_epoch": 1, "early_stopping": False}
+
+    def _after_training(self, plan: ImageVAETrainingPlan, args: dict[str, Any]) -> None:
         self.module.eval()
+        images, train_rows, _ = self._training_tiles()
         self._fit_scaling_factor(images, train_rows[_fit_rows(train_rows.size)])
 
     @torch.inference_mode()
@@ -666,7 +540,7 @@ class ImageVAE(MorphomuModel):
         total, total_sq, count = 0.0, 0.0, 0
         for start in range(0, rows.size, _CHUNK_TILES):
             x = module.normalize(
-                _to_torch(np.asarray(images[np.sort(rows[start : start + _CHUNK_TILES])])).to(device)
+                tiles_to_tensor(np.asarray(images[np.sort(rows[start : start + _CHUNK_TILES])])).to(device)
             )
             mean = module.autoencoder.encode(x).latent_dist.mean.double()
             total += float(mean.sum())
@@ -720,7 +594,7 @@ class ImageVAE(MorphomuModel):
         with torch.inference_mode():
             for start in range(0, n, int(batch_size)):
                 x = module.normalize(
-                    _to_torch(np.asarray(images[start : start + int(batch_size)])).to(device)
+                    tiles_to_tensor(np.asarray(images[start : start + int(batch_size)])).to(device)
                 )
                 out[start : start + x.shape[0]] = module.encode_mean(x).float().cpu().numpy()
         return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -11,11 +10,22 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from scipy import sparse
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.train import TrainRunner
 
 from .. import _constants as C
+from .._core import (
+    Standardizer,
+    Stream,
+    cell_keys,
+    group_means,
+    keyed_normal,
+    keyed_uniform,
+    read_rows,
+    rep_matrix,
+    sample_hashes,
+    step_stream,
+)
 from .._errors import ContractError, MorphomuError
 from .._validation import (
     check_args,
@@ -34,13 +44,12 @@ from .._validation import (
     optional,
 )
 from ..module._phenoseq import PHENOSEQ_PRESETS, PhenoSeqModule
-from ..pp._standardize import Standardizer
-from ..train._checkpoint import Checkpointing
 from ..train._diffusion_plan import DiffusionTrainingPlan
 from ..train._disk_cache import RowCache, RowReader, is_in_memory, use_disk_cache
 from ..train._ema import ExponentialMovingAverage
 from ..train._set_data import PairedSetDataModule
-from ._base import MorphomuModel, feature_field, finish_ema_training
+from ._base import MorphomuModel, feature_field
+from ._training import EMATrainingMixin, train_docstring
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -62,7 +71,6 @@ TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
     "fast": {"max_epochs": 300, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
     "tiny": {"max_epochs": 100, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
 }
-_CHUNK_ROWS = 16_384
 #: Checks of the network sizes (preset values and overrides), run before anything is built.
 _SIZE_CHECKS: dict[str, Any] = {
     **dict.fromkeys(
@@ -105,89 +113,8 @@ GENERATE_CHECKS: dict[str, Any] = {
     "n_cells_per_sample": check_n_cells,
 }
 
-# purposes of keyed random draws at generation
-_NOISE, _CONTEXT, _STEP_NOISE = 1, 2, 3
 
-
-# ---------------------------------------------------------------------------------------------------
-# keyed (counter-based) random numbers: a cell's draws depend only on (seed, sample, cell index)
-# ---------------------------------------------------------------------------------------------------
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def _sample_hash(name: str) -> np.uint64:
-    return np.uint64(int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little"))
-
-
-def _cell_keys(seed: int, purpose: int, sample_hashes: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """One 64-bit key per generated cell from (seed, purpose, sample, cell index)."""
-    with np.errstate(over="ignore"):
-        base = _mix64(np.asarray([seed], dtype=np.uint64) * _GOLDEN + np.uint64(purpose))
-        k = _mix64(base ^ np.asarray(sample_hashes, dtype=np.uint64))
-        return _mix64(k + np.asarray(cells, dtype=np.uint64) * _GOLDEN)
-
-
-def _keyed_uniform(keys: np.ndarray, n: int) -> np.ndarray:
-    """``(len(keys), n)`` uniforms in (0, 1): element ``j`` is splitmix64 output ``j`` of its key."""
-    with np.errstate(over="ignore"):
-        counters = keys[:, None] + (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)[None, :]
-        return ((_mix64(counters) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
-
-
-def _keyed_normal(keys: np.ndarray, n: int) -> np.ndarray:
-    """``(len(keys), n)`` standard normals (Box-Muller on keyed uniforms), float32."""
-    half = (n + 1) // 2
-    u = _keyed_uniform(keys, 2 * half)
-    r = np.sqrt(-2.0 * np.log(u[:, :half]))
-    angle = 2.0 * np.pi * u[:, half:]
-    z = np.empty((len(keys), 2 * half))
-    z[:, 0::2], z[:, 1::2] = r * np.cos(angle), r * np.sin(angle)
-    return z[:, :n].astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------
-# data access
-# ---------------------------------------------------------------------------------------------------
-def _matrix(adata: AnnData, rep: str | None) -> Any:
-    return adata.X if rep is None else adata.obsm[rep]
-
-
-def _rows(matrix: Any, rows: np.ndarray) -> np.ndarray:
-    """Dense float32 rows of a dense, sparse or on-disk matrix (read in sorted chunks)."""
-    rows = np.asarray(rows)
-    out = np.empty((rows.size, matrix.shape[1]), dtype=np.float32)
-    order = np.argsort(rows, kind="stable")
-    for start in range(0, rows.size, _CHUNK_ROWS):
-        pos = order[start : start + _CHUNK_ROWS]
-        block = matrix[rows[pos]]
-        if isinstance(block, pd.DataFrame):
-            block = block.to_numpy()
-        out[pos] = block.toarray() if sparse.issparse(block) else np.asarray(block)
-    return out
-
-
-def _group_means(matrix: Any, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per-group means of a matrix's rows (``codes == -1`` rows are ignored), in float64 chunks."""
-    sums = np.zeros((n_groups, matrix.shape[1]))
-    counts = np.bincount(codes[codes >= 0], minlength=n_groups).astype(np.float64)
-    rows = np.flatnonzero(codes >= 0)
-    for start in range(0, rows.size, _CHUNK_ROWS):
-        idx = rows[start : start + _CHUNK_ROWS]
-        block = matrix[idx]
-        block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-        np.add.at(sums, codes[idx], block.astype(np.float64))
-    return sums / np.maximum(counts, 1.0)[:, None]
-
-
-class PhenoSeq(MorphomuModel):
+class PhenoSeq(EMATrainingMixin, MorphomuModel):
     """Generate single-cell RNA embeddings from Cell Painting imaging embeddings (PhenoSeq).
 
     A conditional diffusion model over standardised RNA embeddings (e.g. scGPT, 512-d), conditioned on
@@ -290,7 +217,7 @@ class PhenoSeq(MorphomuModel):
         self.n_context_cells = int(sizes["n_context_cells"])
         self.p_uncond = float(p_uncond)
         n_image, n_rna = self._n_features()
-        self.module = PhenoSeqModule(
+        self.module = self._module_cls(
             n_image,
             n_rna,
             **{k: v for k, v in sizes.items() if k != "n_context_cells"},
@@ -363,7 +290,7 @@ class PhenoSeq(MorphomuModel):
                 key: len(regs[key]["state_registry"].get("column_names", [])) or None
                 for key in (_IMAGE_KEY, _RNA_KEY)
             }
-        _check_data(
+        check_data(
             mdata,
             image_mod=image_mod,
             rna_mod=rna_mod,
@@ -438,7 +365,7 @@ class PhenoSeq(MorphomuModel):
         img_samples = img.obs[sample_key].astype(str).to_numpy()
         needed = pd.Index(sorted(set(rna_samples[used])))
         img_codes = needed.get_indexer(img_samples)
-        img_matrix = _matrix(img, a["image_rep"])
+        img_matrix = rep_matrix(img, a["image_rep"])
         # a backed matrix is read in chunk-aligned ranges (HDF5 point selections are slow)
         img_reader = img_matrix if is_in_memory(img_matrix) else RowReader(img_matrix)
         # standardisation statistics: imaging cells of the train split (or of the train samples)
@@ -451,7 +378,7 @@ class PhenoSeq(MorphomuModel):
                 msg = f"mdata.mod[{a['image_mod']!r}] has no train-split imaging cells to fit standardisation on."
                 raise ContractError(msg)
             img_scaler = Standardizer.fit(img_reader, img_fit)
-            rna_scaler = Standardizer.fit(_matrix(rna, a["rna_rep"]), train_rows)
+            rna_scaler = Standardizer.fit(rep_matrix(rna, a["rna_rep"]), train_rows)
             self._set_standardizers(img_scaler, rna_scaler)
         scalers = self.standardizers
         img_rows = np.flatnonzero(img_codes >= 0)
@@ -468,11 +395,11 @@ class PhenoSeq(MorphomuModel):
                 directory=cache_dir,
             )
         else:
-            img_x = torch.from_numpy(scalers["image"].transform(_rows(img_reader, img_rows)))
-        rna_x = scalers["rna"].transform(_rows(_matrix(rna, a["rna_rep"]), used))
+            img_x = torch.from_numpy(scalers["image"].transform(read_rows(img_reader, img_rows)))
+        rna_x = scalers["rna"].transform(read_rows(rep_matrix(rna, a["rna_rep"]), used))
         rna_codes = needed.get_indexer(rna_samples[used])
         n_train = train_rows.size
-        return PairedSetDataModule(
+        return self._data_splitter_cls(
             rna=torch.from_numpy(rna_x),
             rna_sample=torch.from_numpy(rna_codes.astype(np.int64)),
             train_rows=torch.arange(n_train),
@@ -493,6 +420,7 @@ class PhenoSeq(MorphomuModel):
                 getattr(self.module, f"{name}_mean").copy_(torch.from_numpy(s.mean))
                 getattr(self.module, f"{name}_std").copy_(torch.from_numpy(s.std))
 
+    @train_docstring
     def train(
         self,
         max_epochs: int | None = None,
@@ -504,15 +432,15 @@ class PhenoSeq(MorphomuModel):
         early_stopping: bool = True,
         early_stopping_patience: int = 50,
         ema_decay: float = 0.9999,
+        seed: int = 0,
+        in_memory: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_dtype: Literal["float32", "float16"] = "float32",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         strategy: str | Any | None = None,
         precision: str | int | None = None,
-        seed: int = 0,
         num_workers: int = 0,
-        in_memory: bool | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        cache_dtype: Literal["float32", "float16"] = "float32",
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
         ckpt_path: str | os.PathLike | None = None,
@@ -545,19 +473,9 @@ class PhenoSeq(MorphomuModel):
             Patience in epochs.
         ema_decay
             Final EMA decay (warm-up ``min(decay, (1 + n) / (10 + n))``).
-        accelerator
-            Lightning accelerator.
-        devices
-            Lightning devices.
-        strategy
-            Lightning strategy, e.g. ``'ddp'``: each process draws its own share of every epoch.
-        precision
-            Lightning precision, e.g. ``'bf16-mixed'``.
         seed
             Seed of the item draws (context cells, timesteps, noise). Weight initialisation follows
             torch's global seed (``scvi.settings.seed``).
-        num_workers
-            Data-loader workers (the draws do not depend on it).
         in_memory
             ``True``: load the standardised imaging rows into memory. ``False``: write them, sorted by
             sample, to a disk cache and read each batch's context cells from it (bounded memory, for
@@ -570,106 +488,89 @@ class PhenoSeq(MorphomuModel):
         cache_dtype
             ``'float32'`` (the same values as in memory) or ``'float16'`` (half the disk and I/O; values
             rounded to float16).
-        checkpoint_dir
-            Directory for resumable checkpoints (``last.ckpt``: raw and EMA weights, optimiser,
-            scheduler, random generators, data position); ``None`` writes none.
-        checkpoint_every_n_steps
-            Optimiser steps between checkpoints.
-        ckpt_path
-            ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it when there is no
-            checkpoint yet), or a ``.ckpt`` path; the resumed run ends with the same weights as an
-            uninterrupted one. Use a fresh model created as the interrupted one was.
-        **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``).
+        {train_core}
         """
-        check_args(
+        self._run_training(
             {
                 "max_epochs": max_epochs,
                 "batch_size": batch_size,
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "warmup_epochs": warmup_epochs,
+                "early_stopping": early_stopping,
                 "early_stopping_patience": early_stopping_patience,
                 "ema_decay": ema_decay,
+                "seed": seed,
                 "num_workers": num_workers,
+                "in_memory": in_memory,
+                "cache_dir": cache_dir,
+                "cache_dtype": cache_dtype,
             },
-            TRAIN_CHECKS,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            ckpt_path=ckpt_path,
+            trainer_kwargs=trainer_kwargs,
         )
+
+    # training hooks (models/_training.py)
+    def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_args({k: args[k] for k in TRAIN_CHECKS if k in args}, TRAIN_CHECKS)
         defaults = TRAIN_DEFAULTS[self.preset]
-        max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
-        batch_size = defaults["batch_size"] if batch_size is None else batch_size
-        lr = defaults["lr"] if lr is None else lr
-        warmup_epochs = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-        run = {  # what defines the run: a checkpoint of another run is refused
+        for key in ("max_epochs", "batch_size", "lr", "warmup_epochs"):
+            if args[key] is None:
+                args[key] = defaults[key]
+        if args["in_memory"] not in (None, True, False) or args["cache_dtype"] not in ("float32", "float16"):
+            msg = (
+                f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
+                f"{args['in_memory']!r} and {args['cache_dtype']!r}."
+            )
+            raise MorphomuError(msg)
+        return args
+
+    def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
             "model": type(self).__name__,
             "preset": self.preset,
             **self.sizes,
             "p_uncond": self.p_uncond,
-            "max_epochs": int(max_epochs),
-            "batch_size": int(batch_size),
-            "lr": float(lr),
-            "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs,
-            "ema_decay": ema_decay,
-            "early_stopping": early_stopping,
-            "early_stopping_patience": early_stopping_patience,
-            "seed": int(seed),
+            "max_epochs": int(args["max_epochs"]),
+            "batch_size": int(args["batch_size"]),
+            "lr": float(args["lr"]),
+            "weight_decay": args["weight_decay"],
+            "warmup_epochs": args["warmup_epochs"],
+            "ema_decay": args["ema_decay"],
+            "early_stopping": args["early_stopping"],
+            "early_stopping_patience": args["early_stopping_patience"],
+            "seed": int(args["seed"]),
         }
-        checkpoints = Checkpointing.from_args(
-            checkpoint_dir, every_n_steps=checkpoint_every_n_steps, ckpt_path=ckpt_path, config=run
+
+    def _make_datamodule(self, args: dict[str, Any]) -> PairedSetDataModule:
+        return self._prepare_training(
+            batch_size=int(args["batch_size"]),
+            seed=args["seed"],
+            num_workers=args["num_workers"],
+            in_memory=args["in_memory"],
+            cache_dir=args["cache_dir"],
+            cache_dtype=args["cache_dtype"],
         )
-        if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
-            msg = (
-                f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
-                f"{in_memory!r} and {cache_dtype!r}."
-            )
-            raise MorphomuError(msg)
-        datamodule = self._prepare_training(
-            batch_size=int(batch_size),
-            seed=seed,
-            num_workers=num_workers,
-            in_memory=in_memory,
-            cache_dir=cache_dir,
-            cache_dtype=cache_dtype,
-        )
-        if self._raw_state is not None:  # continue from the raw weights, with the running average
-            self.module.load_state_dict(self._raw_state)
-        plan = self._training_plan_cls(
-            self.module,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            ema_decay=ema_decay,
-            ema=self._ema,
-        )
-        kwargs: dict[str, Any] = {
+
+    def _trainer_defaults(self, args: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+        return {
             "gradient_clip_val": 1.0,
             "use_distributed_sampler": False,  # the data module shards by rank itself
-            "early_stopping": early_stopping,
+            "early_stopping": args["early_stopping"],
             "early_stopping_monitor": "validation_loss",
-            "early_stopping_patience": early_stopping_patience,
+            "early_stopping_patience": args["early_stopping_patience"],
             "check_val_every_n_epoch": 1,
-            **trainer_kwargs,
         }
-        if strategy is not None:
-            kwargs["strategy"] = strategy
-        if precision is not None:
-            kwargs["precision"] = precision
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=datamodule,
-            max_epochs=int(max_epochs),
-            accelerator=accelerator,
-            devices=devices,
-            **checkpoints.trainer_kwargs(kwargs),
-        )
-        try:
-            runner()
-        finally:
-            if isinstance(datamodule.train_set.img, RowCache):
-                datamodule.train_set.img.close()  # removes the disk cache
-        finish_ema_training(self, plan)
+
+    def _teardown(self, datamodule: PairedSetDataModule) -> None:
+        if isinstance(datamodule.train_set.img, RowCache):
+            datamodule.train_set.img.close()  # removes the disk cache
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -737,7 +638,7 @@ class PhenoSeq(MorphomuModel):
         a = self.setup_args
         mdata = self.adata if mdata is None else mdata
         n_image, n_rna = self._n_features()
-        _check_data(
+        check_data(
             mdata,
             image_mod=a["image_mod"],
             rna_mod=a["rna_mod"] if n_cells_per_sample == "match" else None,
@@ -790,16 +691,19 @@ class PhenoSeq(MorphomuModel):
         device = next(module.parameters()).device
         scalers = self.standardizers
         img_codes = names.get_indexer(img_samples)
-        hashes = np.array([_sample_hash(s) for s in names], dtype=np.uint64)
+        hashes = sample_hashes(names)
         cell_sample = np.repeat(np.arange(len(names)), counts)
         cell_index = (
             np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, dtype=np.int64)
         )
-        cell_keys = {p: _cell_keys(seed, p, hashes[cell_sample], cell_index) for p in (_NOISE, _CONTEXT)}
+        draw_keys = {
+            p: cell_keys(seed, p, hashes[cell_sample], cell_index)
+            for p in (Stream.PHENOSEQ_NOISE, Stream.PHENOSEQ_CONTEXT)
+        }
 
         if context == "mean":
             means = scalers["image"].transform(
-                _group_means(_matrix(img, a["image_rep"]), img_codes, len(names))
+                group_means(rep_matrix(img, a["image_rep"]), img_codes, len(names))
             )
             with torch.inference_mode():
                 tokens = module.encode_context(torch.from_numpy(means).to(device)[:, None, :])
@@ -808,18 +712,20 @@ class PhenoSeq(MorphomuModel):
             rows = np.flatnonzero(img_codes >= 0)
             rows = rows[np.argsort(img_codes[rows], kind="stable")]
             offsets = np.searchsorted(img_codes[rows], np.arange(len(names) + 1))
-            img_x = torch.from_numpy(scalers["image"].transform(_rows(_matrix(img, a["image_rep"]), rows)))
+            img_x = torch.from_numpy(
+                scalers["image"].transform(read_rows(rep_matrix(img, a["image_rep"]), rows))
+            )
             n_per = np.diff(offsets)
 
         out = np.empty((cell_sample.size, n_rna), dtype=np.float32)
         for start in range(0, cell_sample.size, int(batch_size)):
             sl = slice(start, start + int(batch_size))
             codes = cell_sample[sl]
-            noise = torch.from_numpy(_keyed_normal(cell_keys[_NOISE][sl], n_rna)).to(device)
+            noise = torch.from_numpy(keyed_normal(draw_keys[Stream.PHENOSEQ_NOISE][sl], n_rna)).to(device)
             if context == "mean":
                 cache = sample_cache.take(torch.from_numpy(codes).to(device))
             else:
-                u = _keyed_uniform(cell_keys[_CONTEXT][sl], self.n_context_cells)
+                u = keyed_uniform(draw_keys[Stream.PHENOSEQ_CONTEXT][sl], self.n_context_cells)
                 pick = offsets[codes][:, None] + np.minimum(
                     (u * n_per[codes][:, None]).astype(np.int64), n_per[codes][:, None] - 1
                 )
@@ -830,8 +736,8 @@ class PhenoSeq(MorphomuModel):
             step_keys = (hashes[codes], cell_index[sl])
 
             def variance_noise(step: int, keys: tuple = step_keys) -> torch.Tensor:
-                k = _cell_keys(seed, _STEP_NOISE * 100_003 + step, *keys)
-                return torch.from_numpy(_keyed_normal(k, n_rna)).to(device)
+                k = cell_keys(seed, step_stream(Stream.PHENOSEQ_STEP_NOISE, step), *keys)
+                return torch.from_numpy(keyed_normal(k, n_rna)).to(device)
 
             x = module.sample(
                 noise,
@@ -843,7 +749,7 @@ class PhenoSeq(MorphomuModel):
             )
             out[sl] = x.float().cpu().numpy()
         values = scalers["rna"].inverse_transform(out)
-        obs = _sample_obs(img, names, a, cell_sample)
+        obs = synthetic_obs(img, names, a, cell_sample)
         obs.index = [
             f"{s}-synthetic-{i}" for s, i in zip(obs[a["sample_key"]].astype(str), cell_index, strict=True)
         ]
@@ -869,7 +775,7 @@ class PhenoSeq(MorphomuModel):
         return adata
 
 
-def _sample_obs(img: AnnData, names: pd.Index, a: dict[str, Any], cell_sample: np.ndarray) -> pd.DataFrame:
+def synthetic_obs(img: AnnData, names: pd.Index, a: dict[str, Any], cell_sample: np.ndarray) -> pd.DataFrame:
     """Per generated cell: the sample's metadata (from the imaging modality) and ``synthetic=True``."""
     keys = [a["sample_key"], a["treatment_key"], a["replicate_key"], a["round_key"], a["split_key"]]
     keys = list(dict.fromkeys(k for k in keys if k in img.obs.columns))
@@ -882,7 +788,7 @@ def _sample_obs(img: AnnData, names: pd.Index, a: dict[str, Any], cell_sample: n
     return obs
 
 
-def _check_data(
+def check_data(
     mdata: Any,
     *,
     image_mod: str,

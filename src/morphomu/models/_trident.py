@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +17,15 @@ from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, fields
 from scvi.train import TrainRunner
 
 from .. import _constants as C
+from .._core import (
+    Stream,
+    cell_keys,
+    expression_rows,
+    featurize_smiles,
+    keyed_normal,
+    parent_mol,
+    sample_hashes,
+)
 from .._errors import ContractError, MorphomuError
 from .._threads import keep_torch_threads
 from .._validation import (
@@ -40,8 +47,8 @@ from .._validation import (
 from ..module._trident import TRIDENT_PRESETS, TridentModule
 from ..train._ema import ExponentialMovingAverage
 from ..train._trident_data import TridentDataModule, TridentTrainingPlan
-from ._base import MorphomuModel, feature_field, finish_ema_training
-from ._phenoseq import _cell_keys, _keyed_normal, _sample_hash
+from ._base import MorphomuModel, feature_field
+from ._training import EMATrainingMixin, train_docstring
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -62,6 +69,9 @@ TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
     "fast": {"max_epochs": 200, "batch_size": 64, "lr": 3e-4, "warmup_epochs": 1},
     "tiny": {"max_epochs": 50, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
 }
+#: Tiles (C x H x W each) or expression rows read at once: smaller than morphomu's ``CHUNK_ROWS`` because
+#: a tile is ~100x wider than an embedding. Kept apart on purpose: the gene statistics are float64 sums per
+#: chunk and tiles are encoded / decoded per chunk, so this value is part of a trained model's numbers.
 _CHUNK_ROWS = 4096
 #: Checks of the network sizes (preset values and overrides), run before anything is built.
 _SIZE_CHECKS: dict[str, Any] = {
@@ -100,23 +110,6 @@ GENERATE_CHECKS: dict[str, Any] = {
     "guidance_scale": check_number,
     "batch_size": check_positive_int,
 }
-# purposes of keyed random draws at generation
-_NOISE, _Z, _STEP_NOISE = 11, 12, 13
-#: Set by :meth:`Trident.load` while the model is re-created: the saved image VAE and data summary.
-_LOADING: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "trident_loading", default=None
-)
-
-
-@contextlib.contextmanager
-def _loading_context(image_vae: Any, data_info: dict[str, Any]) -> Iterator[None]:
-    token = _LOADING.set({"image_vae": image_vae, "data_info": data_info})
-    try:
-        yield
-    finally:
-        _LOADING.reset(token)
-
-
 def _image_vae_cls() -> type:
     from ._image_vae import ImageVAE
 
@@ -216,28 +209,6 @@ def _is_counts(matrix: Any) -> bool:
     return bool(block.size == 0 or ((block >= 0).all() and np.allclose(block, np.round(block))))
 
 
-def _expression_rows(matrix: Any, rows: np.ndarray, *, counts: bool, genes: np.ndarray | None) -> np.ndarray:
-    """Dense float32 expression of ``rows``: log-normalised (``counts``) and restricted to ``genes`` (indices)."""
-    block = matrix[np.sort(rows)] if len(rows) else matrix[:0]
-    order = np.argsort(np.argsort(rows))
-    if sparse.issparse(block):
-        block = block.tocsr().astype(np.float64)
-        if counts:
-            total = np.asarray(block.sum(1)).ravel()
-            block = sparse.diags(1e4 / np.maximum(total, 1.0)) @ block
-            block.data = np.log1p(block.data)
-        if genes is not None:
-            block = block[:, genes]
-        out = block.toarray()
-    else:
-        out = np.asarray(block, dtype=np.float64)
-        if counts:
-            out = np.log1p(out * (1e4 / np.maximum(out.sum(1, keepdims=True), 1.0)))
-        if genes is not None:
-            out = out[:, genes]
-    return out[order].astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------------------------------
@@ -255,8 +226,6 @@ def _check_data(
     tile_shape: tuple[int, ...] | None = None,
 ) -> dict[str, str]:
     """Every input check of Trident (nothing is written); returns treated compound -> SMILES."""
-    from ..pp._featurize import parent_mol
-
     check_mudata(mdata)
     if not isinstance(control, str) or not control:
         msg = f"control must be the name of the control treatment (str), got {control!r}."
@@ -313,7 +282,7 @@ def _check_data(
     return smiles
 
 
-class Trident(MorphomuModel):
+class Trident(EMATrainingMixin, MorphomuModel):
     """Generate Cell Painting images from a compound and the cells' expression (TRIDENT).
 
     A conditional latent diffusion model (Peng et al., "TRIDENT: a trimodal cascade generative framework
@@ -370,6 +339,10 @@ class Trident(MorphomuModel):
         ``'epsilon'`` (the paper; default of ``paper``) or ``'v_prediction'`` (default of ``fast`` and ``tiny``:
         far better conditioned at high noise for small networks and short training, see
         :data:`morphomu.module._trident.TRIDENT_PRESETS`).
+    data_info
+        What a trained model keeps of its data (``data_info_``: tile shape, SMILES, genes and their
+        statistics); given by :meth:`load`, so that a loaded model is rebuilt as it was trained, whatever
+        data it is attached to. Computed from ``mdata`` when ``None``.
 
     Examples
     --------
@@ -413,6 +386,7 @@ class Trident(MorphomuModel):
         n_cond_hidden: int | None = None,
         n_cond_tokens: int | None = None,
         prediction_type: Literal["epsilon", "v_prediction"] | None = None,
+        data_info: dict[str, Any] | None = None,
     ) -> None:
         if preset not in TRIDENT_PRESETS:
             msg = f"preset={preset!r}: choose one of {sorted(TRIDENT_PRESETS)}."
@@ -452,16 +426,12 @@ class Trident(MorphomuModel):
         if use_rna and a["rna_mod"] is None:
             msg = "use_rna=True needs an RNA modality: register the data with rna_mod=<name> (or use use_rna=False)."
             raise MorphomuError(msg)
-        loading = _LOADING.get()
         self.preset, self.sizes, self.use_rna = preset, sizes, bool(use_rna)
         self.p_uncond, self.conditioning = float(p_uncond), conditioning
         self.drug_features, self.n_bits = drug_features, int(n_bits)
-        if loading is not None:
-            self.data_info_ = loading["data_info"]
-            vae = loading["image_vae"]
-        else:
-            self.data_info_ = self._summarize_data(n_top_genes=int(n_top_genes))
-            vae = self._resolve_image_vae(image_vae)
+        loading = data_info is not None
+        self.data_info_ = data_info if loading else self._summarize_data(n_top_genes=int(n_top_genes))
+        vae = self._resolve_image_vae(image_vae)
         self._image_vae = vae
         info = self.data_info_
         c, h, w = info["tile_shape"]
@@ -473,7 +443,7 @@ class Trident(MorphomuModel):
                 "crop the tiles or choose another patch_size."
             )
             raise MorphomuError(msg)
-        self.module = TridentModule(
+        self.module = self._module_cls(
             len(info["genes"]),
             self.n_bits,
             int(vae.latent_channels),
@@ -485,7 +455,7 @@ class Trident(MorphomuModel):
             beta=float(beta),
             **sizes,
         )
-        if loading is None and self.use_rna:
+        if not loading and self.use_rna:
             with torch.no_grad():
                 self.module.gene_mean.copy_(torch.from_numpy(info["gene_mean"]))
                 self.module.gene_std.copy_(torch.from_numpy(info["gene_std"]))
@@ -500,7 +470,8 @@ class Trident(MorphomuModel):
             + f", conditioning={conditioning}, p_uncond={p_uncond}."
         )
         init = self._get_init_params(locals())
-        init["non_kwargs"]["image_vae"] = None  # the image VAE is saved beside the model, not pickled here
+        # both are saved beside the model (image_vae/, data_info_) and given back by load
+        init["non_kwargs"]["image_vae"] = init["non_kwargs"]["data_info"] = None
         self.init_params_ = init
 
     # ------------------------------------------------------------------ setup
@@ -668,9 +639,9 @@ class Trident(MorphomuModel):
         total = np.zeros(len(names))
         total_sq = np.zeros(len(names))
         for start in range(0, rows.size, _CHUNK_ROWS):
-            x = _expression_rows(
-                matrix, rows[start : start + _CHUNK_ROWS], counts=counts, genes=genes
-            ).astype(np.float64)
+            x = expression_rows(matrix, rows[start : start + _CHUNK_ROWS], counts=counts, genes=genes).astype(
+                np.float64
+            )
             total += x.sum(0)
             total_sq += np.square(x).sum(0)
         mean = total / rows.size
@@ -769,8 +740,6 @@ class Trident(MorphomuModel):
     # ------------------------------------------------------------------ conditions
     def _drug_features(self, smiles: Mapping[str, str]) -> np.ndarray:
         """Fingerprints of compounds given by SMILES; the control (no compound) is all zeros."""
-        from ..pp._featurize import featurize_smiles
-
         control = self.data_info_["control"]
         names = list(smiles)
         given = {n: smiles[n] for n in names if n != control}
@@ -787,10 +756,15 @@ class Trident(MorphomuModel):
 
     def _conditions(
         self, img_rows: np.ndarray
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[str, str]]]:
-        """Condition-table row per image and the tables (drug, standardised G_pre and G_post)."""
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[str, str]], np.ndarray | None]:
+        """Condition-table row per image, the tables (drug, standardised G_pre and G_post) and more.
+
+        Also the (compound, round) pairs and the pooled training control profile (the default G_pre of
+        generation; ``None`` without RNA). Nothing is written to the model.
+        """
         a = self.setup_args
         info = self.data_info_
+        control_profile = None
         img = self.adata.mod[a["image_mod"]]
         treat = _labels(img, a["treatment_key"])[img_rows]
         rounds = _labels(img, a["round_key"])[img_rows]
@@ -819,7 +793,7 @@ class Trident(MorphomuModel):
             used = rows[g_code >= 0]
             used_code = g_code[g_code >= 0]
             for start in range(0, used.size, _CHUNK_ROWS):
-                x = _expression_rows(
+                x = expression_rows(
                     matrix,
                     used[start : start + _CHUNK_ROWS],
                     counts=info["counts"],
@@ -845,10 +819,8 @@ class Trident(MorphomuModel):
             pooled = wanted.get_indexer(
                 pd.MultiIndex.from_tuples([(control, r) for r in sorted(set(rounds))])
             )
-            self.data_info_["control_profile"] = (sums[pooled].sum(0) / counts[pooled].sum()).astype(
-                np.float32
-            )
-        return code, tables, pairs
+            control_profile = (sums[pooled].sum(0) / counts[pooled].sum()).astype(np.float32)
+        return code, tables, pairs, control_profile
 
     # ------------------------------------------------------------------ training
     def _image_rows(self) -> tuple[np.ndarray, np.ndarray]:
@@ -882,6 +854,7 @@ class Trident(MorphomuModel):
             out[start + order] = lat
         return out
 
+    @train_docstring
     def train(
         self,
         max_epochs: int | None = None,
@@ -895,11 +868,11 @@ class Trident(MorphomuModel):
         early_stopping_patience: int = 20,
         balance_compounds: bool = True,
         ema_decay: float = 0.9999,
+        seed: int = 0,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         strategy: str | Any | None = None,
         precision: str | int | None = None,
-        seed: int = 0,
         num_workers: int = 0,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
@@ -911,7 +884,9 @@ class Trident(MorphomuModel):
         The image VAE is trained first when it is untrained (``vae_epochs``), then frozen: the train and
         validation tiles of the training compounds are encoded once, and each step draws latents with their
         (compound, round) conditions. AdamW with warm-up + cosine learning rate, gradient clipping 1.0 and an
-        EMA of the weights (used by :meth:`generate` and :meth:`save`).
+        EMA of the weights (used by :meth:`generate` and :meth:`save`). The image VAE's training uses the same
+        ``accelerator``, ``devices``, ``strategy``, ``precision`` and ``seed``, and checkpoints into
+        ``checkpoint_dir/image_vae``.
 
         Parameters
         ----------
@@ -936,30 +911,12 @@ class Trident(MorphomuModel):
             augments every compound to the same number of images (cytotoxic compounds leave few cells).
         ema_decay
             Final EMA decay.
-        accelerator, devices, strategy, precision
-            Passed to Lightning (e.g. ``accelerator='gpu', devices=-1, strategy='ddp'``,
-            ``precision='bf16-mixed'``); also used for the image VAE.
         seed
             Seed of the draws (order, timesteps, noise, null-condition flags). Weight initialisation follows
             torch's global seed.
-        num_workers
-            Data-loader workers.
-        checkpoint_dir
-            Directory for resumable checkpoints (``last.ckpt``: raw and EMA weights, optimiser, scheduler,
-            random state and the position in the epoch; an untrained image VAE checkpoints into
-            ``checkpoint_dir/image_vae``).
-        checkpoint_every_n_steps
-            Optimiser steps between checkpoints.
-        ckpt_path
-            ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it when there is no
-            checkpoint yet), or a ``.ckpt`` path; the resumed run ends with the same weights as an
-            uninterrupted one.
-        **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``).
+        {train_core}
         """
-        from ..train._checkpoint import Checkpointing
-
-        check_args(
+        self._run_training(
             {
                 "max_epochs": max_epochs,
                 "batch_size": batch_size,
@@ -967,63 +924,59 @@ class Trident(MorphomuModel):
                 "vae_epochs": vae_epochs,
                 "weight_decay": weight_decay,
                 "warmup_epochs": warmup_epochs,
+                "early_stopping": early_stopping,
                 "early_stopping_patience": early_stopping_patience,
+                "balance_compounds": balance_compounds,
                 "ema_decay": ema_decay,
+                "seed": seed,
                 "num_workers": num_workers,
             },
-            TRAIN_CHECKS,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            ckpt_path=ckpt_path,
+            trainer_kwargs=trainer_kwargs,
         )
+
+    # training hooks (models/_training.py)
+    def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_args({k: args[k] for k in TRAIN_CHECKS if k in args}, TRAIN_CHECKS)
         defaults = TRAIN_DEFAULTS[self.preset]
-        max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
-        batch_size = defaults["batch_size"] if batch_size is None else batch_size
-        lr = defaults["lr"] if lr is None else lr
-        warmup_epochs = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-        run = {  # what defines the run: a checkpoint of another run is refused
+        for key in ("max_epochs", "batch_size", "lr", "warmup_epochs"):
+            if args[key] is None:
+                args[key] = defaults[key]
+        return args
+
+    def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
             "model": type(self).__name__,
             "preset": self.preset,
             **self.sizes,
             "use_rna": self.use_rna,
             "p_uncond": self.p_uncond,
-            "max_epochs": int(max_epochs),
-            "batch_size": int(batch_size),
-            "lr": float(lr),
-            "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs,
-            "ema_decay": ema_decay,
-            "balance_compounds": bool(balance_compounds),
-            "seed": int(seed),
+            "max_epochs": int(args["max_epochs"]),
+            "batch_size": int(args["batch_size"]),
+            "lr": float(args["lr"]),
+            "weight_decay": args["weight_decay"],
+            "warmup_epochs": args["warmup_epochs"],
+            "ema_decay": args["ema_decay"],
+            "balance_compounds": bool(args["balance_compounds"]),
+            "seed": int(args["seed"]),
         }
-        checkpoints = Checkpointing.from_args(
-            checkpoint_dir, every_n_steps=checkpoint_every_n_steps, ckpt_path=ckpt_path, config=run
-        )
+
+    def _make_datamodule(self, args: dict[str, Any]) -> TridentDataModule:
+        """Train the image VAE if needed, encode the tiles once and serve (latent, condition) batches."""
         train_rows, val_rows = self._image_rows()
         rows = np.concatenate([train_rows, val_rows])
-        code, tables, _ = self._conditions(rows)  # checks RNA coverage before any training
-        vae = self._image_vae
-        if not vae.is_trained_:
-            if vae_epochs == 0:
-                msg = (
-                    "the image VAE is untrained and vae_epochs=0; give vae_epochs > 0 or a trained image_vae."
-                )
-                raise MorphomuError(msg)
-            vae_kwargs = {
-                k: v
-                for k, v in trainer_kwargs.items()
-                if k in ("enable_progress_bar", "logger", "enable_model_summary")
-            }
-            vae.train(
-                max_epochs=vae_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                strategy=strategy,
-                precision=precision,
-                seed=seed,
-                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "image_vae",
-                checkpoint_every_n_steps=checkpoint_every_n_steps,
-                ckpt_path=None if ckpt_path is None else "last",
-                **vae_kwargs,
-            )
-        latents = self._encode_tiles(rows, batch_size=max(int(batch_size), 64))
+        code, tables, _, control_profile = self._conditions(rows)  # checks RNA coverage before any training
+        if control_profile is not None:
+            self.data_info_["control_profile"] = control_profile
+        self._train_image_vae(args)
+        batch_size = int(args["batch_size"])
+        latents = self._encode_tiles(rows, batch_size=max(batch_size, 64))
         if not self.is_trained_:  # per-channel standardisation of the latents (train rows)
             fit = latents[: train_rows.size]
             with torch.no_grad():
@@ -1033,58 +986,61 @@ class Trident(MorphomuModel):
         latents = (latents - m.latent_mean.cpu().numpy()[:, None, None]) / m.latent_std.cpu().numpy()[
             :, None, None
         ]
-        datamodule = self._data_splitter_cls(
+        return self._data_splitter_cls(
             latents=torch.from_numpy(latents),
             condition=torch.from_numpy(code.astype(np.int64)),
             tables={k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in tables.items()},
             train_rows=torch.arange(train_rows.size),
             val_rows=torch.arange(train_rows.size, rows.size),
-            batch_size=int(batch_size),
+            batch_size=batch_size,
             n_latent=int(self.sizes["n_latent"]),
             n_timesteps=len(self.module.alphas_cumprod),
             p_uncond=self.p_uncond,
-            seed=seed,
-            balanced=bool(balance_compounds),
-            num_workers=num_workers,
+            seed=args["seed"],
+            balanced=bool(args["balance_compounds"]),
+            num_workers=args["num_workers"],
         )
-        if self._raw_state is not None:  # continue from the raw weights, with the running average
-            self.module.load_state_dict(self._raw_state)
-        plan = self._training_plan_cls(
-            self.module,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            ema_decay=ema_decay,
-            ema=self._ema,
+
+    def _train_image_vae(self, args: dict[str, Any]) -> None:
+        """Train the image VAE first when it is untrained (``vae_epochs``), with this run's devices and seed."""
+        vae = self._image_vae
+        if vae.is_trained_:
+            return
+        if args["vae_epochs"] == 0:
+            msg = "the image VAE is untrained and vae_epochs=0; give vae_epochs > 0 or a trained image_vae."
+            raise MorphomuError(msg)
+        checkpoint_dir, ckpt_path = args["checkpoint_dir"], args["ckpt_path"]
+        vae.train(
+            max_epochs=args["vae_epochs"],
+            accelerator=args["accelerator"],
+            devices=args["devices"],
+            strategy=args["strategy"],
+            precision=args["precision"],
+            seed=args["seed"],
+            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "image_vae",
+            checkpoint_every_n_steps=args["checkpoint_every_n_steps"],
+            ckpt_path=None if ckpt_path is None else "last",
+            **{
+                k: v
+                for k, v in args["trainer_kwargs"].items()
+                if k in ("enable_progress_bar", "logger", "enable_model_summary")
+            },
         )
-        has_val = val_rows.size > 0
-        kwargs: dict[str, Any] = {
+
+    def _trainer_defaults(self, args: dict[str, Any], datamodule: TridentDataModule) -> dict[str, Any]:
+        has_val = datamodule.n_val > 0
+        defaults: dict[str, Any] = {
             "gradient_clip_val": 1.0,
             "use_distributed_sampler": False,  # the data module shards by rank itself
-            "early_stopping": bool(early_stopping and has_val),
+            "early_stopping": bool(args["early_stopping"] and has_val),
             "early_stopping_monitor": "validation_loss",
-            "early_stopping_patience": early_stopping_patience,
-            "check_val_every_n_epoch": 1 if has_val else None,
-            **trainer_kwargs,
+            "early_stopping_patience": args["early_stopping_patience"],
         }
-        if kwargs["check_val_every_n_epoch"] is None:
-            kwargs.pop("check_val_every_n_epoch")
-            kwargs["limit_val_batches"] = 0
-        if strategy is not None:
-            kwargs["strategy"] = strategy
-        if precision is not None:
-            kwargs["precision"] = precision
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=datamodule,
-            max_epochs=int(max_epochs),
-            accelerator=accelerator,
-            devices=devices,
-            **checkpoints.trainer_kwargs(kwargs),
-        )
-        runner()
-        finish_ema_training(self, plan)
+        if has_val:
+            defaults["check_val_every_n_epoch"] = 1
+        else:
+            defaults["limit_val_batches"] = 0
+        return defaults
 
     # ------------------------------------------------------------------ inference helpers
     def _check_trained(self) -> None:
@@ -1094,8 +1050,6 @@ class Trident(MorphomuModel):
 
     def _resolve_compounds(self, compounds: Any) -> dict[str, str]:
         """Name -> SMILES of the compounds to generate for (known names or a name -> SMILES mapping)."""
-        from ..pp._featurize import parent_mol
-
         known = self.data_info_["smiles"]
         control = self.data_info_["control"]
         if compounds is None:
@@ -1220,24 +1174,24 @@ class Trident(MorphomuModel):
         n = int(n_images)
         comp = np.repeat(np.arange(len(names)), n)
         idx = np.tile(np.arange(n), len(names))
-        hashes = np.array([_sample_hash(s) for s in names], dtype=np.uint64)[comp]
+        hashes = sample_hashes(names)[comp]
         shape = (
             module.dit.channels,
             module.dit.grid[0] * module.dit.patch_size,
             module.dit.grid[1] * module.dit.patch_size,
         )
         n_lat = int(np.prod(shape))
-        noise_keys = _cell_keys(seed, _NOISE, hashes, idx)
-        z_keys = _cell_keys(seed, _Z, hashes, idx)
+        noise_keys = cell_keys(seed, Stream.TRIDENT_NOISE, hashes, idx)
+        z_keys = cell_keys(seed, Stream.TRIDENT_CONDITION, hashes, idx)
         out = np.empty((comp.size, *shape), dtype=np.float32)
         for start in range(0, comp.size, int(batch_size)):
             sl = slice(start, start + int(batch_size))
             rows = torch.from_numpy(comp[sl]).to(device)
             cond = mu[rows]
             if logvar is not None:  # paper's inference: z ~ q(z | G_pre, D)
-                eps = torch.from_numpy(_keyed_normal(z_keys[sl], mu.shape[1])).to(device)
+                eps = torch.from_numpy(keyed_normal(z_keys[sl], mu.shape[1])).to(device)
                 cond = cond + torch.exp(0.5 * logvar[rows]) * eps
-            noise = torch.from_numpy(_keyed_normal(noise_keys[sl], n_lat)).view(-1, *shape).to(device)
+            noise = torch.from_numpy(keyed_normal(noise_keys[sl], n_lat)).view(-1, *shape).to(device)
             x = module.sample(noise, cond, n_steps=int(n_steps), guidance_scale=float(guidance_scale))
             out[sl] = x.float().cpu().numpy()
         latents = (
@@ -1328,10 +1282,10 @@ class Trident(MorphomuModel):
         self._image_vae.save(str(dir_path / f"{prefix or ''}{IMAGE_VAE_DIR}"))
 
     @classmethod
-    def _load_context(
+    def _load_init_kwargs(
         cls, dir_path: Path, *, prefix: str | None, attributes: dict[str, Any], legacy_format: bool
-    ) -> Any:
-        """Supply the image VAE saved in ``image_vae/`` and the saved data summary to the model's construction."""
+    ) -> dict[str, Any]:
+        """The image VAE saved in ``image_vae/`` and the saved data summary, for the model's construction."""
         vae_dir = dir_path / f"{prefix or ''}{IMAGE_VAE_DIR}"
         if not vae_dir.is_dir():
             msg = f"dir_path={str(dir_path)!r} has no {vae_dir.name}/ (the image VAE saved with a Trident)."
@@ -1343,4 +1297,4 @@ class Trident(MorphomuModel):
         vae = _image_vae_cls().from_pretrained(
             vae_dir, n_channels=int(info["tile_shape"][0]), legacy_format=legacy_format
         )
-        return _loading_context(vae, info)
+        return {"image_vae": vae, "data_info": info}

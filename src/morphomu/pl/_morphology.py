@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import channel_names
 from .._errors import ContractError
 from .._threads import keep_torch_threads
 from .._validation import check_obs_keys, check_rep, get_mod, get_rep
@@ -98,14 +99,12 @@ def composite(tiles: np.ndarray, channel_names: Sequence[str], *, percentile: fl
 
 
 def _channel_names(adata: AnnData, images_key: str, n: int, given: Sequence[str] | None) -> list[str]:
-    from ..pp._embed_images import _channel_names as stored
-
     if given is not None:
         if len(given) != n:
             msg = f"channel_names has {len(given)} names for {n} channels."
             raise ContractError(msg)
         return [str(c) for c in given]
-    names = stored(adata, images_key, n)
+    names = channel_names(adata, images_key, n)
     if names == [f"channel{i}" for i in range(n)] and n == C.N_STAINS:
         return list(C.STAINS)
     return names
@@ -366,7 +365,7 @@ def morphology_embedding(
         "generated": np.concatenate([_pick(gen_t, c, max_cells, rng) for c in conditions]),
     }
     if rep == "readouts":
-        from ..tl._readouts import _ALWAYS_FINITE, compare_readouts
+        from ..tl._readouts import ALWAYS_FINITE, compare_readouts
 
         table = compare_readouts(
             {
@@ -378,7 +377,7 @@ def morphology_embedding(
             groupby=None,
             **(readout_kwargs or {}),
         )
-        cols = [*_ALWAYS_FINITE, *(c for c in table.columns if c.startswith("intensity_"))]
+        cols = [*ALWAYS_FINITE, *(c for c in table.columns if c.startswith("intensity_"))]
         values = table[cols].to_numpy(np.float64)
         ref = values[(table["source"] != "generated").to_numpy()]
         std = ref.std(0)

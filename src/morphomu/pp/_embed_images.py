@@ -8,20 +8,19 @@ on Cell Painting). Weights always come from a local file: timm never reaches a m
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .. import _constants as C
+from .._core import channel_names, quiet_lightning
 from .._errors import ContractError, MorphomuError
 from .._uns import h5_safe
 from .._validation import get_adata
@@ -245,22 +244,6 @@ def _embed_plain(
     return out
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's set-up chatter (device summary, tips) and its batch-index notice for pre-batched data."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def _embed_lightning(
     encoder: torch.nn.Module,
     dataset: Any,
@@ -313,7 +296,7 @@ def _embed_lightning(
     directory = tempfile.mkdtemp(prefix="morphomu_embed_")
     writer = _RowWriter(directory)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
-    with _quiet_lightning():
+    with quiet_lightning(level=logging.WARNING):
         trainer = pl.Trainer(
             accelerator=accelerator,
             devices=devices,
@@ -325,7 +308,7 @@ def _embed_lightning(
             enable_model_summary=False,
         )
     try:
-        with _quiet_lightning():
+        with quiet_lightning(level=logging.WARNING):
             trainer.predict(_Predictor(), dataloaders=loader, return_predictions=False)
         out = np.full((n, dim), np.nan, dtype=np.float32)
         for part in sorted(Path(writer.directory).glob("part*.npz")):
@@ -346,15 +329,6 @@ def _embed_lightning(
 
 
 # --- public -----------------------------------------------------------------------------------------
-
-
-def _channel_names(adata: AnnData, images_key: str, n_channels: int) -> list[str]:
-    ref = adata.uns.get(images_key)
-    for source in (ref if isinstance(ref, dict) else {}, adata.uns.get(C.UNS_KEY, {}).get("crop_cells", {})):
-        names = source.get("channels") if isinstance(source, dict) else None
-        if names is not None and len(names) == n_channels:
-            return [str(c) for c in names]
-    return [f"channel{i}" for i in range(n_channels)]
 
 
 def _intensity_bounds(intensity_range: Any, dtype: np.dtype, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -485,7 +459,7 @@ def embed_images(
     if n == 0 or n_channels == 0 or height == 0 or width == 0:
         msg = f"{reader.where} is empty (shape {reader.shape}); expected at least one crop with pixels."
         raise ContractError(msg)
-    names = _channel_names(adata, images_key, n_channels)
+    names = channel_names(adata, images_key, n_channels)
     if channels is None:
         index = list(range(n_channels))
     else:

@@ -22,11 +22,12 @@ import numpy as np
 from scipy import sparse
 
 from .. import _constants as C
+from .._core import quiet_lightning
 from .._errors import ContractError, MorphomuError, MorphomuWarning
 from .._threads import keep_torch_threads
 from .._uns import h5_safe
 from .._validation import get_adata, where
-from ._embed_images import _quiet_lightning, resolve_device
+from ._embed_images import resolve_device
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -344,9 +345,7 @@ def _embed_scvi(
     )  # scvi registers its fields here, not in the user's data
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     devices = [device.index] if device.type == "cuda" and device.index is not None else 1
-    with _quiet_lightning(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    with quiet_lightning(level=logging.WARNING):
         scvi.settings.seed = seed
         scvi.model.SCVI.setup_anndata(work, **setup_kwargs)
         model = scvi.model.SCVI(work, **model_kwargs)

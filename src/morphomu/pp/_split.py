@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["SCHEMES", "SplitScheme", "assign_split"]
+__all__ = ["SCHEMES", "SplitScheme", "assign_split", "split_labels"]
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,10 @@ def _as_int(values: pd.Series, *, mod: str, key: str, arg: str) -> np.ndarray:
     return numeric.to_numpy(dtype=int)
 
 
-def _split_labels(
+def split_labels(
     adata: AnnData, scheme: SplitScheme, fold: int, *, mod: str, replicate_key: str, round_key: str
 ) -> pd.Categorical:
+    """The split of every cell of ``adata`` under fold ``fold`` of ``scheme``, from its round and replicate."""
     check_obs_keys(adata, {"replicate_key": replicate_key, "round_key": round_key}, mod=mod)
     rounds = _as_int(adata.obs[round_key], mod=mod, key=round_key, arg="round_key")
     replicates = _as_int(adata.obs[replicate_key], mod=mod, key=replicate_key, arg="replicate_key")
@@ -177,7 +178,7 @@ def assign_split(
         mods = [mods]
     # compute everything first, so a failure leaves mdata untouched
     labels = {
-        mod: _split_labels(
+        mod: split_labels(
             get_mod(mdata, mod, arg="mods"),
             spec,
             fold,

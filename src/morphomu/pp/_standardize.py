@@ -1,14 +1,16 @@
+"""``mm.pp.standardize`` / ``mm.pp.destandardize``: AnnData wrappers over :class:`morphomu._core.Standardizer`."""
+
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 
 from .. import _constants as C
+from .._core import Standardizer, rep_matrix
 from .._errors import ContractError, MorphomuWarning
 from .._uns import h5_safe
 from .._validation import check_obs_keys, check_rep, get_adata, where
@@ -17,64 +19,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["Standardizer", "destandardize", "standardize"]
-
-#: Features whose standard deviation is below this are left centred but unscaled.
-_MIN_STD = 1e-8
-_CHUNK_ROWS = 16_384
-
-
-@dataclass
-class Standardizer:
-    """Per-feature mean and standard deviation, fit once and applied both ways.
-
-    Models keep one of these for their inputs and targets (fit on the train split) so that their
-    outputs come back in raw units.
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, x: Any, rows: np.ndarray | None = None) -> Standardizer:
-        """Fit on the rows ``rows`` (default all) of a dense, sparse or on-disk matrix, in float64 chunks."""
-        n_rows = x.shape[0]
-        rows = np.arange(n_rows) if rows is None else np.asarray(rows)
-        if rows.dtype == bool:
-            rows = np.flatnonzero(rows)
-        if rows.size == 0:
-            msg = "cannot fit standardisation statistics on zero cells."
-            raise ContractError(msg)
-        total = np.zeros(x.shape[1])
-        total_sq = np.zeros(x.shape[1])
-        for start in range(0, rows.size, _CHUNK_ROWS):
-            block = x[np.sort(rows[start : start + _CHUNK_ROWS])]
-            block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-            block = block.astype(np.float64, copy=False)
-            total += block.sum(0)
-            total_sq += np.square(block).sum(0)
-        mean = total / rows.size
-        var = np.maximum(total_sq / rows.size - np.square(mean), 0.0)
-        std = np.sqrt(var)
-        std[std < _MIN_STD] = 1.0
-        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32))
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Raw units to standard units."""
-        return (np.asarray(x, dtype=np.float32) - self.mean) / self.std
-
-    def inverse_transform(self, x: np.ndarray) -> np.ndarray:
-        """Standard units back to raw units."""
-        return np.asarray(x, dtype=np.float32) * self.std + self.mean
-
-    def to_dict(self) -> dict[str, np.ndarray]:
-        """Arrays for ``uns`` or a checkpoint."""
-        return {"mean": self.mean, "std": self.std}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Standardizer:
-        """Inverse of :meth:`to_dict`."""
-        return cls(mean=np.asarray(d["mean"], dtype=np.float32), std=np.asarray(d["std"], dtype=np.float32))
+__all__ = ["destandardize", "standardize"]
 
 
 def _fit_rows(
@@ -148,7 +93,7 @@ def standardize(
         msg = f"key_added={key_added!r} would overwrite the source rep; choose another name."
         raise ContractError(msg)
     rows = _fit_rows(adata, mod=mod, split_key=split_key, fit_on=fit_on)
-    matrix = adata.X if rep is None else adata.obsm[rep]
+    matrix = rep_matrix(adata, rep)
     scaler = Standardizer.fit(matrix, rows)
     n_constant = int((scaler.std == 1.0).sum())
     if n_constant:

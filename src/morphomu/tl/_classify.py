@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import quiet_lightning
 from .._errors import ContractError, MorphomuError
 from .._uns import store
 from .._validation import check_mudata, check_obs_keys, check_positive_int, check_rep, get_mod
@@ -203,7 +204,7 @@ def classify(
     from tqdm.auto import tqdm
 
     from ..models._classifier import TreatmentClassifier, input_kind, parse_inputs, resolve_hparams
-    from ..pp._split import SCHEMES, _split_labels
+    from ..pp._split import SCHEMES, split_labels
 
     # --- every check before any work ---------------------------------------------------------------
     check_mudata(mdata)
@@ -253,7 +254,7 @@ def classify(
             raise MorphomuError(msg)
         for f in folds:
             fold_splits[f] = {
-                s.mod: _split_labels(
+                s.mod: split_labels(
                     mdata.mod[s.mod],
                     SCHEMES[scheme],
                     f,
@@ -295,13 +296,11 @@ def classify(
     classes: list[str] = []
     runs = [(f, seed) for f in fold_splits for seed in seeds]
     bar = tqdm(runs, desc=f"classify {setting} {'+'.join(s.label for s in specs)}", disable=not progress)
-    from ..models._classifier import _quiet
-
     caches: dict = {}
     try:
         for fold, seed in bar:
             ld = light[fold]
-            with _quiet(not progress):
+            with quiet_lightning(not progress):
                 TreatmentClassifier.setup_mudata(
                     ld,
                     inputs=[(s.mod, s.rep, s.kind) for s in specs],

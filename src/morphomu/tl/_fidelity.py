@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _constants as C
+from .._core import CHUNK_ROWS
 from .._errors import ContractError
 from .._uns import store
 from .._validation import check_obs_keys, check_rep, get_mod, where
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["distribution_scores", "fidelity", "provenance"]
 
-_CHUNK_ROWS = 65_536
 #: Columns of the per-condition table, in order.
 COLUMNS = (
     "n_real",
@@ -52,6 +52,8 @@ def provenance(rep: str | None) -> tuple[str, bool]:
 
 def _rows(matrix: Any, rows: np.ndarray) -> np.ndarray:
     """Dense float64 rows of a dense, sparse or on-disk matrix."""
+    if isinstance(matrix, pd.DataFrame):  # rows by position (``df[rows]`` would select columns)
+        matrix = matrix.iloc
     block = matrix[rows] if len(rows) else matrix[:0]
     if isinstance(block, pd.DataFrame):
         block = block.to_numpy()
@@ -66,8 +68,8 @@ def _group_means(matrix: Any, rows: np.ndarray, codes: np.ndarray, n_groups: int
     sums = torch.zeros(n_groups, matrix.shape[1], dtype=torch.float64)
     order = np.argsort(rows, kind="stable")  # sorted reads for on-disk matrices
     rows, codes = rows[order], codes[order]
-    for start in range(0, rows.size, _CHUNK_ROWS):
-        sl = slice(start, start + _CHUNK_ROWS)
+    for start in range(0, rows.size, CHUNK_ROWS):
+        sl = slice(start, start + CHUNK_ROWS)
         block = torch.from_numpy(_rows(matrix, rows[sl]))
         sums.index_add_(0, torch.from_numpy(codes[sl].astype(np.int64)), block)
     counts = np.bincount(codes, minlength=n_groups).astype(np.float64)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import featurize_smiles, read_rows, rep_matrix
 from .._errors import ContractError, MorphomuError
 from .._mudata import update
 from .._uns import store
@@ -228,12 +229,12 @@ def _check_kwargs(
     arguments, so that e.g. a bad ``n_steps`` is refused before a model is trained here, not after.
     """
     if output == "image":
-        from ..models import _trident as module
+        from ..models._trident import GENERATE_CHECKS, TRAIN_CHECKS
         from ..module._trident import TRIDENT_PRESETS as presets
     else:
-        from ..models import _phenoseq as module
+        from ..models._phenoseq import GENERATE_CHECKS, TRAIN_CHECKS
         from ..module._phenoseq import PHENOSEQ_PRESETS as presets
-    check_args(generate_kwargs, module.GENERATE_CHECKS)
+    check_args(generate_kwargs, GENERATE_CHECKS)
     if model is None:
         if preset not in presets:
             msg = f"preset={preset!r}: choose one of {sorted(presets)}."
@@ -241,7 +242,7 @@ def _check_kwargs(
         if train_kwargs is not None and not isinstance(train_kwargs, dict):
             msg = f"train_kwargs must be a dict of the model's train arguments or None, got {train_kwargs!r}."
             raise MorphomuError(msg)
-        check_args(train_kwargs or {}, module.TRAIN_CHECKS)
+        check_args(train_kwargs or {}, TRAIN_CHECKS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,8 +286,6 @@ def _generate_images(
 # ---------------------------------------------------------------------------------------------------
 def _compound_features(rna: AnnData, keys: dict[str, Any], *, mod: str) -> pd.DataFrame:
     """Morgan bits of every treatment of the RNA modality (the control: zeros), from ``smiles_key``."""
-    from ..pp._featurize import featurize_smiles
-
     check_obs_keys(rna, {"treatment_key": keys["treatment_key"]}, mod=mod)
     treat = rna.obs[keys["treatment_key"]].astype(str).to_numpy()
     if keys["smiles_key"] not in rna.obs.columns:
@@ -317,15 +316,13 @@ def _role_swapped_data(mdata: MuData, keys: dict[str, Any], *, train: bool) -> M
     import anndata as ad
     import mudata as md
 
-    from ..models._phenoseq import _matrix, _rows
-
     img = get_mod(mdata, keys["image_mod"], arg="image_mod")
     rna = get_mod(mdata, keys["rna_mod"], arg="rna_mod")
     check_obs_keys(rna, {"sample_key": keys["sample_key"]}, mod=keys["rna_mod"])
     check_rep(rna, keys["rna_rep"], mod=keys["rna_mod"], arg="rna_rep")
     features = _compound_features(rna, keys, mod=keys["rna_mod"])
     treat = rna.obs[keys["treatment_key"]].astype(str).to_numpy()
-    expression = _rows(_matrix(rna, keys["rna_rep"]), np.arange(rna.n_obs))
+    expression = read_rows(rep_matrix(rna, keys["rna_rep"]), np.arange(rna.n_obs))
     context_x = np.concatenate([expression, features.loc[treat].to_numpy()], axis=1)
     meta = [
         keys[k]
@@ -359,7 +356,7 @@ def _role_swapped_data(mdata: MuData, keys: dict[str, Any], *, train: bool) -> M
         ]
         target = ad.AnnData(
             obs=img.obs.iloc[rows][list(dict.fromkeys(cols))].copy(),
-            obsm={_TARGET_REP: _rows(_matrix(img, keys["image_rep"]), rows)},
+            obsm={_TARGET_REP: read_rows(rep_matrix(img, keys["image_rep"]), rows)},
         )
         mods[_TARGET] = target
     return md.MuData(mods)

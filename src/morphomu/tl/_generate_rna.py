@@ -8,6 +8,16 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import (
+    Standardizer,
+    Stream,
+    cell_keys,
+    group_means,
+    keyed_uniform,
+    read_rows,
+    rep_matrix,
+    sample_hashes,
+)
 from .._errors import ContractError, MorphomuError
 from .._mudata import update
 from .._uns import store
@@ -196,20 +206,9 @@ def _ridge_generate(
     from anndata import AnnData
     from sklearn.linear_model import RidgeCV
 
-    from ..models._phenoseq import (
-        _cell_keys,
-        _check_data,
-        _group_means,
-        _keyed_uniform,
-        _matrix,
-        _rows,
-        _sample_hash,
-        _sample_obs,
-        check_n_cells,
-    )
-    from ..pp._standardize import Standardizer
+    from ..models._phenoseq import check_data, check_n_cells, synthetic_obs
 
-    _check_data(
+    check_data(
         mdata,
         image_mod=keys["image_mod"],
         rna_mod=keys["rna_mod"],
@@ -239,7 +238,7 @@ def _ridge_generate(
         counts = np.full(len(names), int(n_cells_per_sample))
 
     train_names = pd.Index(sorted(set(rna_samples[train])))
-    img_matrix, rna_matrix = _matrix(img, keys["image_rep"]), _matrix(rna, keys["rna_rep"])
+    img_matrix, rna_matrix = rep_matrix(img, keys["image_rep"]), rep_matrix(rna, keys["rna_rep"])
     img_split = img.obs[keys["split_key"]].astype(str).to_numpy() if keys["split_key"] in img.obs else None
     img_fit = (
         np.flatnonzero(img_split == C.TRAIN)
@@ -248,29 +247,29 @@ def _ridge_generate(
     )
     scaler = Standardizer.fit(img_matrix, img_fit)
     x_train = scaler.transform(
-        _group_means(img_matrix, train_names.get_indexer(img_samples), len(train_names))
+        group_means(img_matrix, train_names.get_indexer(img_samples), len(train_names))
     )
     train_rows = np.flatnonzero(train)
     train_codes = train_names.get_indexer(rna_samples[train_rows])
-    rna_train = _rows(rna_matrix, train_rows).astype(np.float64)
+    rna_train = read_rows(rna_matrix, train_rows).astype(np.float64)
     y_means = np.zeros((len(train_names), rna_train.shape[1]))
     np.add.at(y_means, train_codes, rna_train)
     y_means /= np.bincount(train_codes, minlength=len(train_names))[:, None]
     residuals = rna_train - y_means[train_codes]
     ridge = RidgeCV(alphas=_RIDGE_ALPHAS).fit(x_train, y_means)
-    x_new = scaler.transform(_group_means(img_matrix, names.get_indexer(img_samples), len(names)))
+    x_new = scaler.transform(group_means(img_matrix, names.get_indexer(img_samples), len(names)))
     mean_pred = ridge.predict(x_new).reshape(len(names), -1)  # scikit-learn drops a single target column
 
     cell_sample = np.repeat(np.arange(len(names)), counts)
     cell_index = (
         np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, dtype=np.int64)
     )
-    hashes = np.array([_sample_hash(s) for s in names], dtype=np.uint64)
-    u = _keyed_uniform(_cell_keys(seed, 4, hashes[cell_sample], cell_index), 1)[:, 0]
+    hashes = sample_hashes(names)
+    u = keyed_uniform(cell_keys(seed, Stream.RIDGE_RESIDUAL, hashes[cell_sample], cell_index), 1)[:, 0]
     pick = np.minimum((u * len(residuals)).astype(np.int64), len(residuals) - 1)
     values = (mean_pred[cell_sample] + residuals[pick]).astype(np.float32)
 
-    obs = _sample_obs(img, names, keys, cell_sample)
+    obs = synthetic_obs(img, names, keys, cell_sample)
     obs.index = [f"{s}-synthetic-{i}" for s, i in zip(obs[sk].astype(str), cell_index, strict=True)]
     rep = keys["rna_rep"]
     var_names = (

@@ -320,7 +320,7 @@ def _resolve(real: Any, generated: Any, mod: str, images_key: str) -> tuple[_Sid
 
 
 def _readout_features(real: _Side, gen: _Side, images_key: str, readout_kwargs: Mapping[str, Any]) -> tuple:
-    from ._readouts import _ALWAYS_FINITE, compare_readouts
+    from ._readouts import ALWAYS_FINITE, compare_readouts
 
     table = compare_readouts(
         {"real": real.tiles_source(), "generated": gen.tiles_source()},
@@ -329,7 +329,7 @@ def _readout_features(real: _Side, gen: _Side, images_key: str, readout_kwargs: 
         groupby=None,
         **dict(readout_kwargs),
     )
-    cols = [*_ALWAYS_FINITE, *(c for c in table.columns if c.startswith("intensity_"))]
+    cols = [*ALWAYS_FINITE, *(c for c in table.columns if c.startswith("intensity_"))]
     values = table[cols].to_numpy(np.float64)
     is_real = (table["source"] == "real").to_numpy()
     f_real, f_gen = values[is_real], values[~is_real]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import channel_names
 from .._errors import ContractError
 from .._uns import store
 from .._validation import check_obs_keys, get_adata
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["READOUTS_KEY", "compare_readouts", "morphology_readouts", "readout_columns"]
+__all__ = ["ALWAYS_FINITE", "READOUTS_KEY", "compare_readouts", "morphology_readouts", "readout_columns"]
 
 #: Default ``.obsm`` key of the readout table written into an AnnData / MuData modality.
 READOUTS_KEY = "readouts"
@@ -34,7 +35,7 @@ _BLOCK = 1024
 #: Most tiles whose pixels set the Otsu thresholds and the nucleus size (evenly spaced, deterministic).
 _PROBE_TILES = 512
 #: Readouts that are finite for every tile (usable as features for FID / KID); shape ones may be NaN.
-_ALWAYS_FINITE = ("cell_count", "area_nucleus", "area_cell", "area_cytoplasm")
+ALWAYS_FINITE = ("cell_count", "area_nucleus", "area_cell", "area_cytoplasm")
 
 
 def _planar(ndim_structure: np.ndarray) -> np.ndarray:
@@ -209,7 +210,6 @@ class _Tiles:
             names: list[str] | None = None
         else:
             from ..pp._crop import CropReader
-            from ..pp._embed_images import _channel_names
 
             self.adata = get_adata(data, mod, arg="mod")
             if not isinstance(self.adata, AnnData):
@@ -221,7 +221,7 @@ class _Tiles:
             self.shape, self.dtype = tuple(reader.shape), reader.dtype
             names = None
             if len(self.shape) == 4:
-                names = _channel_names(self.adata, images_key, self.shape[1])
+                names = channel_names(self.adata, images_key, self.shape[1])
         if len(self.shape) != 4 or 0 in self.shape:
             msg = f"{self.where} must be tiles x channels x height x width (4-d, non-empty), found shape {self.shape}."
             raise ContractError(msg)

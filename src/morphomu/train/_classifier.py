@@ -35,8 +35,9 @@ from lightning.pytorch import LightningDataModule
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .._core import keyed_seed
 from ._plan import LossTrainingPlan
-from ._set_data import epoch_loader, keyed_seed
+from ._set_data import epoch_loader
 
 __all__ = [
     "ClassifierDataModule",

@@ -28,14 +28,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochLoader", "KeyedBatches", "PairedSetDataModule", "epoch_loader", "keyed_seed"]
+from .._core import keyed_seed
+
+__all__ = ["EpochLoader", "KeyedBatches", "PairedSetDataModule", "epoch_loader"]
 
 _TRAIN_STREAM, _VAL_STREAM, _ORDER_STREAM = 1, 2, 3
-
-
-def keyed_seed(*keys: int) -> int:
-    """A 63-bit seed derived from integer keys (numpy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class KeyedBatches(Dataset):

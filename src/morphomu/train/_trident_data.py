@@ -19,8 +19,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from .._core import keyed_seed
 from ._diffusion_plan import DiffusionTrainingPlan
-from ._set_data import KeyedBatches, epoch_loader, keyed_seed
+from ._set_data import KeyedBatches, epoch_loader
 
 __all__ = ["TridentDataModule", "TridentTrainingPlan"]
 

@@ -1,4 +1,4 @@
-"""``morphomu benchmark --task morphology``: the TRIDENT evaluation.
+"""The morphology task (``morphomu benchmark morphology``): the TRIDENT evaluation.
 
 Compound split → train TRIDENT with and without RNA (one image VAE shared by both) → generate tiles for
 the in-distribution (held-out replicates of training compounds) and out-of-distribution (compounds never
@@ -9,7 +9,6 @@ plots.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,26 +18,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import _constants as C
-from ._benchmark import _json_default, _results_on_failure, _Stage
-from ._errors import ContractError
+from .. import _constants as C
+from .._errors import ContractError
+from ._report import render_morphology_report, write_results
+from ._stages import Stage, run_stages
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["MorphologyBenchmarkConfig", "PAPER_MORPHOLOGY", "run_morphology_benchmark"]
+__all__ = ["DEFAULT_MORPHOLOGY_DATA", "MorphologyBenchmarkConfig", "run_morphology_benchmark"]
 
-#: TRIDENT's reported image metrics (BBBC021, Inception features on RGB renderings): split -> variant -> metric.
-PAPER_MORPHOLOGY = {
-    "id": {
-        "TRIDENT (RNA + drug)": {"fid": 49.8, "kid_mean": 0.013},
-        "TRIDENT without RNA (drug only)": {"fid": 115.8},
-    },
-    "ood": {"TRIDENT (RNA + drug)": {"fid": 126.2, "kid_mean": 0.222}},
-}
 #: The default simulated experiment of the morphology task: small field tiles, so it runs on a laptop.
-DEFAULT_DATA = {"n_img_cells": 2000, "n_rna_cells": 2000, "with_images": True, "image_size": 32}
+DEFAULT_MORPHOLOGY_DATA = {"n_img_cells": 2000, "n_rna_cells": 2000, "with_images": True, "image_size": 32}
 #: Epochs when not given: TRIDENT's diffusion transformer and its image VAE. ``paper`` trains the presets'.
 MAX_EPOCHS = {"tiny": 120, "fast": 60, "paper": None}
 VAE_EPOCHS = {"tiny": 40, "fast": 20, "paper": None}
@@ -51,7 +43,7 @@ GENERATED_MOD = "img_generated"
 
 @dataclass
 class MorphologyBenchmarkConfig:
-    """Everything the morphology benchmark depends on (written to ``results.json``)."""
+    """Everything the morphology task depends on (written to ``results.json``)."""
 
     preset: str = "tiny"
     accelerator: str = "auto"
@@ -69,7 +61,7 @@ class MorphologyBenchmarkConfig:
 
 
 def _check(mdata: MuData, config: MorphologyBenchmarkConfig) -> None:
-    from ._validation import get_mod
+    from .._validation import get_mod
 
     img = get_mod(mdata, C.IMAGE_MOD, arg="mod")
     if config.images_key not in img.obsm:
@@ -154,7 +146,7 @@ def _subsample_real(real: AnnData, generated: AnnData, *, seed: int) -> AnnData:
 
 
 def _metrics(real: AnnData, generated: AnnData, config: MorphologyBenchmarkConfig) -> pd.DataFrame:
-    from . import tl
+    from .. import tl
 
     return tl.image_metrics(
         real,
@@ -171,26 +163,41 @@ def _metrics(real: AnnData, generated: AnnData, config: MorphologyBenchmarkConfi
 def run_morphology_benchmark(
     mdata: MuData, *, out: Path, config: MorphologyBenchmarkConfig, log: Callable[[str], None] = print
 ) -> dict:
-    """Run the morphology benchmark and write its report into the existing directory ``out``.
+    """Run the morphology task and write its report.
 
-    ``mdata`` gets the splits (when missing) and is otherwise left as it was. Returns what is written to
-    ``results.json`` (``"status": "complete"``). A run that fails writes ``results.json`` all the same,
-    with the stages it finished, ``"status": "failed at <stage>"`` and the error, and raises the error
-    again.
+    Parameters
+    ----------
+    mdata
+        The experiment in the MuData contract, with image tiles in ``mdata["img"].obsm[config.images_key]``;
+        it gets the splits (when missing) and is otherwise left as it was.
+    out
+        Existing directory that receives ``report.md``, ``results.json`` and the plots.
+    config
+        What the run depends on.
+    log
+        Where progress lines go.
+
+    Returns
+    -------
+    What is written to ``results.json`` (``"status": "complete"``). A run that fails writes
+    ``results.json`` all the same, with the stages it finished, ``"status": "failed at <stage>"`` and the
+    error, and raises the error again.
     """
     _check(mdata, config)
-    timings: dict[str, float] = {}
-    stage = _Stage(timings, log)
     # filled stage by stage, so a run that fails still reports what it finished
-    results: dict[str, Any] = {"status": "running", "config": dict(config.__dict__), "timings_s": timings}
-    with _results_on_failure(out, results, stage):
-        return _run_stages(mdata, out=out, config=config, stage=stage, results=results)
+    results: dict[str, Any] = {"status": "running", "config": dict(config.__dict__), "timings_s": {}}
+    return run_stages(
+        out,
+        results,
+        stages=lambda stage: _run_stages(mdata, out=out, config=config, stage=stage, results=results),
+        log=log,
+    )
 
 
 def _run_stages(
-    mdata: MuData, *, out: Path, config: MorphologyBenchmarkConfig, stage: _Stage, results: dict
+    mdata: MuData, *, out: Path, config: MorphologyBenchmarkConfig, stage: Stage, results: dict
 ) -> dict:
-    from . import models, pl, pp, tl
+    from .. import models, pl, pp, tl
 
     timings = stage.timings
     t_start = time.perf_counter()
@@ -300,14 +307,15 @@ def _run_stages(
     timings["total"] = round(time.perf_counter() - t_start, 1)
     results["plots"] = plots
     results["status"] = "complete"
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    write_results(out, results)
     (out / "report.md").write_text(render_morphology_report(results, metrics=metrics))
     return results
 
 
 def _observed_expression(model: Any, mdata: MuData) -> pd.DataFrame:
     """Measured mean expression per treatment (all RNA cells) over the model's genes, in its units."""
-    from .models._trident import _CHUNK_ROWS, _expression_rows
+    from .._core import CHUNK_ROWS as _CHUNK_ROWS
+    from .._core import expression_rows as _expression_rows
 
     a, info = model.setup_args, model.data_info_
     rna = mdata[a["rna_mod"]]
@@ -363,57 +371,3 @@ def _plots(
         pl.morphology_embedding(with_control, generated, rep="readouts", readout_kwargs={"images_key": key})
         plots.append(_save(out / f"morphology_embedding_{split}.png"))
     return plots
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def render_morphology_report(results: dict, *, metrics: pd.DataFrame) -> str:
-    """``report.md`` of the morphology benchmark."""
-    config = results["config"]
-    lines = ["# morphomu benchmark — morphology (TRIDENT)", ""]
-    if config["simulated"]:
-        lines += [
-            "**Simulated data** (`morphomu`'s ground-truth simulator with rendered 5-channel field tiles): the "
-            "numbers show that the pipeline works and how the variants rank; they are not comparable to the "
-            "paper's, which are Inception features of RGB renderings of BBBC021 images.",
-            "",
-        ]
-    lines += [
-        f"Data: `{config['data']}`; TRIDENT preset `{config['preset']}`; {config['n_steps']} DDIM steps; "
-        f"guidance {config['guidance_scale']:g}; features: morphology readouts (cell count, compartment areas, "
-        "per-channel intensities, z-scored with the real set's statistics), every channel kept.",
-        "",
-        f"Test sets — ID: held-out replicates of {len(results['compounds']['id'])} training compounds "
-        f"({results['data']['id']:,} real tiles); OOD: every tile of {len(results['compounds']['ood'])} compounds "
-        f"never seen in training ({results['data']['ood']:,} tiles). Real sets are cut to the generated set's "
-        "size per compound.",
-        "",
-        "FID and KID: lower is better. IS: TRIDENT reads it lower-is-better (a consistent, condition-specific "
-        "phenotype); `IS (real)` is the same score of the real tiles.",
-        "",
-        "| split | method | FID | KID | IS | IS (real) | paper FID | paper KID |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in metrics.itertuples(index=False):
-        paper = PAPER_MORPHOLOGY.get(row.split, {}).get(row.variant, {})
-        lines.append(
-            f"| {row.split.upper()} | {row.variant} | {_fmt(row.fid, 2)} | {_fmt(row.kid_mean, 3)} ± {_fmt(row.kid_std, 3)} | "
-            f"{_fmt(row.is_mean, 2)} ± {_fmt(row.is_std, 2)} | {_fmt(row.is_real, 2)} | "
-            f"{paper.get('fid', '–')} | {paper.get('kid_mean', '–')} |"
-        )
-    lines += ["", "## Predicted transcriptome (condition VAE decoder, TRIDENT Figure 5a)", ""]
-    lines += [
-        "| split | mean Pearson of z-scored LFC | overall Pearson | RMSE model | RMSE control mean |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for split, entry in results["expression"].items():
-        lines.append(
-            f"| {split.upper()} | {_fmt(entry.get('mean_pearson'))} | {_fmt(entry.get('overall_pearson'))} | "
-            f"{_fmt(entry['rmse_model'])} | {_fmt(entry['rmse_control_mean'])} |"
-        )
-    lines += ["", "## Timings (s)", "", "| stage | seconds |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings_s"].items()]
-    lines += ["", "## Plots", ""] + [f"- `{p}`" for p in results["plots"]]
-    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""``morphomu benchmark``, the main job.
+"""The RNA task (``morphomu benchmark rna``): PhenoSeq on the scGeneScope benchmark.
 
 Split → train PhenoSeq → generate → fidelity → the ten classification settings of the PhenoSeq paper's
 Tables 1–2 → ablations → ``report.md``, ``results.json`` and plots.
@@ -6,11 +6,9 @@ Tables 1–2 → ablations → ``report.md``, ``results.json`` and plots.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,14 +16,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import _constants as C
-from . import _paper as paper
-from ._mudata import update
+from .. import _constants as C
+from .. import _paper as paper
+from .._mudata import update
+from ._report import mean_std, render_rna_report, write_results
+from ._stages import Stage, run_stages
 
 if TYPE_CHECKING:
     from mudata import MuData
 
-__all__ = ["BenchmarkConfig", "run_benchmark"]
+__all__ = ["RnaBenchmarkConfig", "fidelity_scores", "imaging_separability", "run_rna_benchmark"]
 
 #: The paper's five training seeds (Tables 1–2).
 PAPER_SEEDS = (12345, 42, 1234, 99, 7)
@@ -44,8 +44,8 @@ MAX_EPOCHS = {"tiny": 20, "fast": 20, "paper": None}
 
 
 @dataclass
-class BenchmarkConfig:
-    """Everything the benchmark run depends on (written to ``results.json``)."""
+class RnaBenchmarkConfig:
+    """Everything the RNA task depends on (written to ``results.json``)."""
 
     preset: str = "fast"
     accelerator: str = "auto"
@@ -76,13 +76,6 @@ def _inputs(method: str, *, image_rep: str | None, rna_rep: str | None, syntheti
     }[method]
 
 
-def _mean_std(frame: pd.DataFrame, test_set: str, metric: str) -> tuple[float, float]:
-    values = frame.loc[frame["test_set"] == test_set, metric].to_numpy(dtype=float)
-    if values.size == 0:
-        return float("nan"), float("nan")
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan")
-
-
 def imaging_separability(
     mdata: MuData, *, image_rep: str | None, split_key: str = C.SPLIT_KEY, control: str = C.CONTROL
 ) -> pd.Series:
@@ -90,8 +83,23 @@ def imaging_separability(
 
     Balanced accuracy of a nearest-centroid rule (treatment vs control centroids of the standardised
     train cells) on the held-out cells of the two conditions: 0.5 = indistinguishable, 1 = separable.
+
+    Parameters
+    ----------
+    mdata
+        The experiment, with splits assigned.
+    image_rep
+        Imaging ``.obsm`` key; ``.X`` when ``None``.
+    split_key
+        Obs column holding the split.
+    control
+        The control treatment.
+
+    Returns
+    -------
+    Separability per treatment (control excluded), named ``imaging_separability``.
     """
-    from .pp._standardize import Standardizer
+    from ..pp._standardize import Standardizer
 
     img = mdata[C.IMAGE_MOD]
     x = img.obsm[image_rep] if image_rep is not None else img.X
@@ -120,58 +128,8 @@ def imaging_separability(
     return pd.Series(scores, name="imaging_separability")
 
 
-class _Stage:
-    """Prints a stage's start and end with its duration, and records the duration and the stages done."""
-
-    def __init__(self, timings: dict[str, float], log: Callable[[str], None]) -> None:
-        self.timings, self.log = timings, log
-        self.current: str | None = None  # the stage running (or the one that failed)
-        self.done: list[str] = []
-
-    def __call__(self, name: str) -> _Stage:
-        self.name = name
-        return self
-
-    def __enter__(self) -> None:
-        self.log(f"[morphomu benchmark] {self.name} ...")
-        self.current = self.name
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.timings[self.name] = round(time.perf_counter() - self.t0, 1)
-        if exc[0] is None:
-            self.log(f"[morphomu benchmark] {self.name}: {self.timings[self.name]:.1f} s")
-            self.done.append(self.name)
-            self.current = None
-
-    def failure(self) -> str:
-        """The ``status`` of a run that fails now."""
-        if self.current is not None:
-            return f"failed at {self.current}"
-        return f"failed after {self.done[-1]}" if self.done else "failed before the first stage"
-
-
-@contextlib.contextmanager
-def _results_on_failure(out: Path, results: dict, stage: _Stage) -> Iterator[None]:
-    """On failure, write ``results.json`` with what is finished and ``status`` naming the failed stage.
-
-    Nothing is written when no stage had started (the run failed checking its input).
-    """
-    try:
-        yield
-    except BaseException as exc:
-        if stage.current is None and not stage.done:
-            raise
-        results.update(status=stage.failure(), error=f"{type(exc).__name__}: {exc}", stages_done=stage.done)
-        try:
-            (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
-        except Exception as e:
-            stage.log(f"[morphomu benchmark] could not write results.json: {e}")
-        raise
-
-
-def _train_phenoseq(mdata: MuData, config: BenchmarkConfig, *, seed: int):
-    from .models import PhenoSeq
+def _train_phenoseq(mdata: MuData, config: RnaBenchmarkConfig, *, seed: int):
+    from ..models import PhenoSeq
 
     PhenoSeq.setup_mudata(mdata, image_rep=config.image_rep, rna_rep=config.rna_rep)
     model = PhenoSeq(mdata, preset=config.preset, p_uncond=P_UNCOND)
@@ -182,7 +140,7 @@ def _train_phenoseq(mdata: MuData, config: BenchmarkConfig, *, seed: int):
 
 def _classify_rows(
     mdata: MuData,
-    config: BenchmarkConfig,
+    config: RnaBenchmarkConfig,
     *,
     methods: Sequence[str],
     settings: Sequence[str],
@@ -190,7 +148,7 @@ def _classify_rows(
     synthetic: str,
     label: str | None = None,
 ) -> pd.DataFrame:
-    from .tl import classify
+    from ..tl import classify
 
     frames = []
     for setting in settings:
@@ -211,19 +169,28 @@ def _classify_rows(
     return pd.concat(frames, ignore_index=True)
 
 
-def run_benchmark(
-    mdata: MuData, *, out: Path, config: BenchmarkConfig, log: Callable[[str], None] = print
+def run_rna_benchmark(
+    mdata: MuData, *, out: Path, config: RnaBenchmarkConfig, log: Callable[[str], None] = print
 ) -> dict:
-    """Run the whole benchmark and write its report.
+    """Run the RNA task and write its report.
 
-    ``mdata`` is modified (splits and synthetic modalities are added); ``report.md``, ``results.json`` and
-    the plots go into the directory ``out``, which must exist. Returns the results written to
-    ``results.json`` (``"status": "complete"``). A run that fails writes ``results.json`` all the same,
-    with the stages it finished (``stages_done``, their tables and timings), ``"status": "failed at
-    <stage>"`` and the error, and raises the error again.
+    Parameters
+    ----------
+    mdata
+        The experiment in the MuData contract; modified (splits and synthetic modalities are added).
+    out
+        Existing directory that receives ``report.md``, ``results.json`` and the plots.
+    config
+        What the run depends on.
+    log
+        Where progress lines go.
+
+    Returns
+    -------
+    The results written to ``results.json`` (``"status": "complete"``). A run that fails writes
+    ``results.json`` all the same, with the stages it finished (``stages_done``, their tables and timings),
+    ``"status": "failed at <stage>"`` and the error, and raises the error again.
     """
-    timings: dict[str, float] = {}
-    stage = _Stage(timings, log)
     seeds = SINGLE_SEED if config.cv else config.seeds
     # filled stage by stage, so a run that fails still reports what it finished
     results: dict[str, Any] = {
@@ -233,15 +200,19 @@ def run_benchmark(
         "classification": [],
         "fidelity": {"summary": []},
         "ablations": [],
-        "timings_s": timings,
+        "timings_s": {},
         "plots": [],
     }
-    with _results_on_failure(out, results, stage):
-        return _run_stages(mdata, out=out, config=config, stage=stage, results=results)
+    return run_stages(
+        out,
+        results,
+        stages=lambda stage: _run_stages(mdata, out=out, config=config, stage=stage, results=results),
+        log=log,
+    )
 
 
-def _run_stages(mdata: MuData, *, out: Path, config: BenchmarkConfig, stage: _Stage, results: dict) -> dict:
-    from . import pl, pp, tl
+def _run_stages(mdata: MuData, *, out: Path, config: RnaBenchmarkConfig, stage: Stage, results: dict) -> dict:
+    from .. import pl, pp, tl
 
     t_start = time.perf_counter()
     timings = stage.timings
@@ -302,8 +273,8 @@ def _run_stages(mdata: MuData, *, out: Path, config: BenchmarkConfig, stage: _St
                         {
                             "variant": name,
                             **fidelity_scores(table),
-                            "we_balanced_accuracy": _mean_std(rows, C.TEST_WE, "balanced_accuracy")[0],
-                            "he_balanced_accuracy": _mean_std(rows, C.TEST_HE, "balanced_accuracy")[0],
+                            "we_balanced_accuracy": mean_std(rows, C.TEST_WE, "balanced_accuracy")[0],
+                            "he_balanced_accuracy": mean_std(rows, C.TEST_HE, "balanced_accuracy")[0],
                         }
                     )
                     del mdata.mod[ABLATION_MOD]
@@ -320,8 +291,8 @@ def _run_stages(mdata: MuData, *, out: Path, config: BenchmarkConfig, stage: _St
                     {
                         "variant": "PhenoSeq (context='mean', guidance 1)",
                         **{k: main[k] for k in ("accuracy_at_1", "mrr", "n_rank_le_4", "mean_energy")},
-                        "we_balanced_accuracy": _mean_std(main_rows, C.TEST_WE, "balanced_accuracy")[0],
-                        "he_balanced_accuracy": _mean_std(main_rows, C.TEST_HE, "balanced_accuracy")[0],
+                        "we_balanced_accuracy": mean_std(main_rows, C.TEST_WE, "balanced_accuracy")[0],
+                        "he_balanced_accuracy": mean_std(main_rows, C.TEST_HE, "balanced_accuracy")[0],
                     },
                 )
     if config.cv:
@@ -345,15 +316,27 @@ def _run_stages(mdata: MuData, *, out: Path, config: BenchmarkConfig, stage: _St
     timings["total"] = round(time.perf_counter() - t_start, 1)
     results["plots"] = plots
     results["status"] = "complete"
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    write_results(out, results)
+    # written before rendering, which adds "gap_recovered" to the returned results (not to results.json)
     (out / "report.md").write_text(
-        render_report(results, classification=classification, fidelity_table=fidelity_table)
+        render_rna_report(results, classification=classification, fidelity_table=fidelity_table)
     )
     return results
 
 
 def fidelity_scores(table: pd.DataFrame) -> dict[str, float]:
-    """Fidelity summary scores from a per-condition table (``mm.tl.fidelity(..., inplace=False)``)."""
+    """Fidelity summary scores from a per-condition table.
+
+    Parameters
+    ----------
+    table
+        Per-condition fidelity, as ``mm.tl.fidelity(..., inplace=False)`` returns it (``rank`` and
+        ``energy`` columns).
+
+    Returns
+    -------
+    ``accuracy_at_1``, ``mrr``, ``n_rank_le_4`` and ``mean_energy``.
+    """
     ranks = table["rank"].to_numpy(dtype=float)
     return {
         "accuracy_at_1": float((ranks == 1).mean()),
@@ -361,14 +344,6 @@ def fidelity_scores(table: pd.DataFrame) -> dict[str, float]:
         "n_rank_le_4": int((ranks <= 4).sum()),
         "mean_energy": float(table["energy"].mean()),
     }
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _plots(
@@ -412,131 +387,3 @@ def _plots(
         ax = pl.embedding_overlay(mdata)
         save(ax.figure, "embedding_overlay.png")
     return written
-
-
-def _fmt(mean: float, std: float | None = None) -> str:
-    if np.isnan(mean):
-        return "–"
-    return f"{mean:.3f}" if std is None or np.isnan(std) else f"{mean:.3f} ± {std:.3f}"
-
-
-def render_report(results: dict, *, classification: pd.DataFrame, fidelity_table: pd.DataFrame) -> str:
-    """The Markdown report: the paper's tables filled with our numbers beside the paper's."""
-    config = results["config"]
-    lines = ["# morphomu benchmark report", ""]
-    if config["simulated"]:
-        lines += [
-            "> **Simulated data.** These numbers come from morphomu's simulator, not the scGeneScope release; "
-            "they test the pipeline and are **not comparable** to the paper's numbers shown beside them.",
-            "",
-        ]
-    lines += [
-        f"Data: `{config['data']}`; PhenoSeq preset `{config['preset']}`; classifier hyper-parameters "
-        f"`{config['classifier_hparams']}`; seeds {config['seeds']}; "
-        f"{'3-fold replicate cross-validation (PhenoSeq retrained per fold)' if config['cv'] else 'canonical split'}.",
-        "",
-    ]
-    fold_one = classification[classification["fold"] == 1] if not config["cv"] else classification
-    table_names = {"single": "Table 1 — single-profile", "multi": "Table 2 — multi-profile (avgpool, k = 32)"}
-    for setting, title in table_names.items():
-        lines += [
-            f"## {title}",
-            "",
-            "Balanced accuracy and macro-F1, mean ± std over "
-            f"{'folds' if config['cv'] else 'seeds'}; *paper* = PhenoSeq paper.",
-            "",
-        ]
-        lines += [
-            "| method | WE bal. acc. | paper | WE macro-F1 | paper | HE bal. acc. | paper | HE macro-F1 | paper |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for method in paper.METHODS:
-            rows = fold_one[(fold_one["setting"] == setting) & (fold_one["method"] == method)]
-            ref = paper.CLASSIFICATION[(setting, method)]
-            cells = []
-            for (test_set, metric), ref_value in zip(
-                [
-                    (C.TEST_WE, "balanced_accuracy"),
-                    (C.TEST_WE, "macro_f1"),
-                    (C.TEST_HE, "balanced_accuracy"),
-                    (C.TEST_HE, "macro_f1"),
-                ],
-                ref,
-                strict=True,
-            ):
-                cells += [_fmt(*_mean_std(rows, test_set, metric)), f"{ref_value:.3f}"]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [
-        "## Gap recovered by synthetic fusion",
-        "",
-        "Share of the gap between imaging alone and the imaging + real RNA fusion that imaging + synthetic "
-        "RNA recovers (single-profile): (synthetic fusion − imaging) / (real fusion − imaging).",
-        "",
-        "| test set | ours | paper |",
-        "| --- | --- | --- |",
-    ]
-    gaps = {}
-    for test_set in C.HELD_OUT_SPLITS:
-        single = fold_one[fold_one["setting"] == "single"]
-
-        def acc(method: str, test_set: str = test_set, single: pd.DataFrame = single) -> float:
-            return _mean_std(single[single["method"] == method], test_set, "balanced_accuracy")[0]
-
-        gap = acc("Image + RNA (real)") - acc("Image (real)")
-        gaps[test_set] = (acc("Image + RNA (synthetic)") - acc("Image (real)")) / gap if gap else float("nan")
-    lines.append(f"| WE | {gaps[C.TEST_WE]:.0%} | {paper.gap_recovered('WE'):.0%} |")
-    lines.append(f"| HE | {gaps[C.TEST_HE]:.0%} | {paper.gap_recovered('HE'):.0%} |")
-    results["gap_recovered"] = gaps
-    lines.append("")
-    summary = next(r for r in results["fidelity"]["summary"] if r["fold"] == 1)
-    n_conditions = int(summary.get("n_conditions", len(fidelity_table)))
-    lines += [
-        "## Embedding-space fidelity",
-        "",
-        f"Synthetic vs real treatment centroids on the held-out splits, {n_conditions} conditions (DMSO included).",
-        "",
-        "| score | ours | paper |",
-        "| --- | --- | --- |",
-        f"| Accuracy@1 | {summary['accuracy_at_1']:.3f} | {paper.FIDELITY['accuracy_at_1']:.3f} |",
-        f"| MRR | {summary['mrr']:.3f} | {paper.FIDELITY['mrr']:.3f} |",
-        f"| conditions at rank ≤ 4 | {int(summary['n_rank_le_4'])} | {paper.FIDELITY['n_rank_le_4']} (of 29) |",
-        "",
-    ]
-    table = fidelity_table.sort_values("rank")
-    corr = table[["rank", "imaging_separability"]].dropna().corr(method="spearman").iloc[0, 1]
-    lines += [
-        f"Fidelity against imaging separability (how well imaging alone tells a treatment from DMSO on "
-        f"held-out cells): Spearman correlation of rank with separability = {corr:.2f} "
-        "(negative = treatments imaging separates are placed better, the paper's reading).",
-        "",
-        "| condition | rank | specificity | euclidean | energy distance | imaging separability |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, row in table.iterrows():
-        sep = row.get("imaging_separability", np.nan)
-        lines.append(
-            f"| {name} | {int(row['rank'])} | {row['specificity']:.4f} | {row['euclidean']:.3f} | "
-            f"{row['energy']:.3f} | {'–' if np.isnan(sep) else f'{sep:.2f}'} |"
-        )
-    lines.append("")
-    if results["ablations"]:
-        lines += [
-            "## Ablations",
-            "",
-            "Fidelity and single-profile synthetic-RNA classification (seed 12345) per generator variant.",
-            "",
-            "| variant | Accuracy@1 | MRR | rank ≤ 4 | mean energy distance | WE bal. acc. | HE bal. acc. |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for row in results["ablations"]:
-            lines.append(
-                f"| {row['variant']} | {row['accuracy_at_1']:.3f} | {row['mrr']:.3f} | {int(row['n_rank_le_4'])} | "
-                f"{row['mean_energy']:.3f} | {_fmt(row['we_balanced_accuracy'])} | "
-                f"{_fmt(row['he_balanced_accuracy'])} |"
-            )
-        lines.append("")
-    lines += ["## Run time", "", "| stage | seconds |", "| --- | --- |"]
-    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in results["timings_s"].items()]
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]]
-    return "\n".join(lines) + "\n"
