@@ -640,7 +640,7 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
 
 MODULES = (
     "tl._fidelity",
-    "tl._image_metrics",
+    "tl._feature_distances",
     "module._phenoseq",
     "module._diffusion",
     "module._trident",

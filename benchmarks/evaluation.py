@@ -102,9 +102,9 @@ def sampler_throughput(mdata, *, k: int, batch_size: int, n_batches: int) -> dic
 
     TreatmentClassifier.setup_mudata(mdata, inputs=[("img", "X_vit"), ("rna", "X_scgpt")])
     model = TreatmentClassifier(mdata, setting="multi", k=k, hparams="tiny")
-    from morphomu.models._classifier import _as_tensor
+    from morphomu.models._classifier_data import as_tensor
 
-    tensors = [_as_tensor(mdata.mod[s.mod].obsm[s.rep]) for s in model.specs]
+    tensors = [as_tensor(mdata.mod[s.mod].obsm[s.rep]) for s in model.specs]
     out = {}
     for setting_k in (1, k):
         examples, _, _ = model._examples(mdata, "train", tensors, warn=False)

@@ -28,14 +28,14 @@ CORE=(
   'morphomu.tl._fidelity.x_distribution_scores__*'
   'morphomu.tl._fidelity.x__subsample__*'
   'morphomu.tl._fidelity.x_fidelity__*'
-  # tl/_image_metrics.py: FID, KID, IS
-  'morphomu.tl._image_metrics.x__as_matrix__*'
-  'morphomu.tl._image_metrics.x__check_pair__*'
-  'morphomu.tl._image_metrics.x__psd_sqrt__*'
-  'morphomu.tl._image_metrics.x_frechet_distance__*'
-  'morphomu.tl._image_metrics.x__poly_mmd__*'
-  'morphomu.tl._image_metrics.x_kernel_distance__*'
-  'morphomu.tl._image_metrics.x_inception_score__*'
+  # tl/_feature_distances.py: FID, KID, IS
+  'morphomu.tl._feature_distances.x_as_feature_matrix__*'
+  'morphomu.tl._feature_distances.x_check_pair__*'
+  'morphomu.tl._feature_distances.x__psd_sqrt__*'
+  'morphomu.tl._feature_distances.x_frechet_distance__*'
+  'morphomu.tl._feature_distances.x__poly_mmd__*'
+  'morphomu.tl._feature_distances.x_kernel_distance__*'
+  'morphomu.tl._feature_distances.x_inception_score__*'
   # module/_diffusion.py: the pinned schedule
   'morphomu.module._diffusion.x_make_scheduler__*'
   # module/_phenoseq.py: forward process, targets, loss, null context, network forward passes
@@ -70,8 +70,8 @@ CORE=(
   'morphomu.train._classifier.x_balanced_accuracy_from_confusion__*'
   'morphomu.train._classifier.xǁClassifierTrainingPlanǁvalidation_step__*'
   'morphomu.train._classifier.xǁClassifierTrainingPlanǁon_validation_epoch_end__*'
-  # models/_classifier.py: the benchmark's metrics
-  'morphomu.models._classifier.x_classification_metrics__*'
+  # train/_classifier.py and models/_classifier.py: the benchmark's metrics
+  'morphomu.train._classifier.x_classification_metrics__*'
   'morphomu.models._classifier.xǁTreatmentClassifierǁevaluate__*'
   # pp/_split.py: replicate-level split
   'morphomu.pp._split.*'

@@ -8,7 +8,7 @@ import morphomu as mm
 from morphomu import _paper as paper
 from morphomu._cli import main
 from morphomu.benchmark import fidelity_scores, imaging_separability, render_rna_report
-from morphomu.benchmark._report import mean_std
+from morphomu.benchmark._report import gap_recovered, mean_std
 
 
 def _fake_classification():
@@ -80,7 +80,7 @@ def test_report_tables_hold_our_numbers_beside_the_papers():
     assert "| Accuracy@1 | 0.333 | 0.517 |" in report
     assert "| ridge baseline | 0.500 | 0.600 | 2 | 0.900 | 0.100 | – |" in report
     assert report.index("| DMSO | 1 |") < report.index("| B | 2 |") < report.index("| A | 3 |")
-    assert results["gap_recovered"]["test_we"] == pytest.approx(4 / 3)
+    assert gap_recovered(classification, cv=False)["test_we"] == pytest.approx(4 / 3)
 
 
 def test_mean_std_of_one_run_has_no_spread():
@@ -168,6 +168,7 @@ def test_benchmark_cli_end_to_end(tmp_path):
     frame = pd.DataFrame(results["classification"])
     assert len(frame) == 10 * 2  # ten settings x one seed x two test sets
     assert frame["balanced_accuracy"].between(0, 1).all()
+    assert results["gap_recovered"] == pytest.approx(gap_recovered(frame, cv=False), nan_ok=True)
     for name in results["plots"]:
         assert (out / name).stat().st_size > 1000
     assert main(argv) == 2  # exists: refused without --overwrite

@@ -358,3 +358,28 @@ def test_bad_input_is_refused_before_training():
     with pytest.raises(mm.ContractError, match="'val'"):
         mm.tl.classify(mdata, inputs=("rna", "X_scgpt"), **kw)
     assert "classify" not in mdata.uns.get("morphomu", {})
+
+
+def test_cache_options_are_checked_and_kept_for_prediction(tmp_path):
+    """train's caching arguments are checked before any work and also decide how predict reads the inputs."""
+    from morphomu.train._disk_cache import CacheOptions, check_cache_options
+
+    with pytest.raises(mm.MorphomuError, match="cache_dtype"):
+        check_cache_options(None, None, "int8")
+    assert check_cache_options(True, None, "float16") == CacheOptions(True, None, "float16")
+    mdata = make_mdata()
+    mm.models.TreatmentClassifier.setup_mudata(mdata, inputs=("rna", "X_scgpt"))
+    preds = {}
+    for in_memory in (True, False):
+        torch.manual_seed(0)
+        model = mm.models.TreatmentClassifier(mdata, hparams=TINY)
+        assert model._cache_options == CacheOptions()
+        for bad in ({"in_memory": "no"}, {"cache_dtype": "int8"}):
+            with pytest.raises(mm.MorphomuError, match="cache_dtype"):
+                model.train(max_epochs=1, progress=False, **bad)
+        model.train(max_epochs=2, progress=False, in_memory=in_memory, cache_dir=tmp_path)
+        assert model._cache_options == CacheOptions(in_memory, tmp_path, "float32")
+        assert len(model._row_caches) == (0 if in_memory else 1)  # built once, reused by predict
+        preds[in_memory] = model.predict(split="val")
+        assert len(model._row_caches) == (0 if in_memory else 1)
+    pd.testing.assert_frame_equal(preds[True], preds[False])

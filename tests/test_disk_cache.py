@@ -14,8 +14,8 @@ import torch
 
 import morphomu as mm
 from morphomu import _constants as C
-from morphomu._errors import MorphomuError
 from morphomu._core import read_rows as _rows
+from morphomu._errors import MorphomuError
 from morphomu.train._disk_cache import RowCache, RowReader, use_disk_cache
 
 SIM = {"seed": 3, "n_img_cells": 600, "n_rna_cells": 500, "image_dim": 40, "rna_dim": 16, "n_genes": 60}

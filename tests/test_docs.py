@@ -12,7 +12,7 @@ import morphomu as mm
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-NAMESPACES = ("datasets", "pp", "tl", "pl", "models")
+NAMESPACES = ("datasets", "pp", "tl", "pl", "models", "benchmark")
 
 
 def api_entries() -> set[str]:

@@ -789,7 +789,7 @@ def test_generate_rna_ridge(exp, n_cells, samples):
         assert err is not None
     if err is not None:
         return
-    assert out is None
+    assert isinstance(out, mm.models.RidgeBaseline)
     syn = mdata["rna_synthetic"]
     names = chosen if chosen is not None else img_samples
     got = syn.obs[C.SAMPLE_KEY].astype(str)

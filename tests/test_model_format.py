@@ -1,9 +1,10 @@
-"""Model directories are data, never code: format 2 (safetensors + typed JSON), format 1 only on request.
+"""Model directories are data, never code: format 3 (safetensors + typed JSON), format 1 only on request.
 
 Every model class is saved and loaded in the new format (same generations, bit for bit); crafted
 directories whose pickle would write a marker file are refused through every entry point that reads a
 model directory; a genuine format-1 save, written in the test by the previous code path (scvi-tools'
-pickled ``model.pt`` + a format-1 manifest), loads with ``legacy_format=True`` and converts.
+pickled ``model.pt`` + a format-1 manifest), loads with ``legacy_format=True`` and converts; a format-2
+save (a Trident's image VAE in a sub-directory of its own) loads and converts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 import morphomu as mm
 from morphomu import MorphomuError
 from morphomu.models._base import MorphomuModel
-from morphomu.models._format import FORMAT_VERSION, decode, encode
+from morphomu.models._format import FORMAT_VERSION, decode, encode, write_model_files
 
 pytestmark = pytest.mark.xdist_group("model_format")
 
@@ -110,15 +112,33 @@ def save_format_1(model, path: Path) -> None:
     added = isinstance(model, mm.models.ImageVAE)
     if added:
         model.registry_["setup_args"]["AnnData"] = AnnData
+    vae = model.module.image_vae if isinstance(model, mm.models.Trident) else None
+    if vae is not None:  # a Trident's module did not hold its image VAE
+        model.module.image_vae = None
     try:
         BaseModelClass.save(model, str(path))
     finally:
         if added:
             del model.registry_["setup_args"]["AnnData"]
+        if vae is not None:
+            model.module.image_vae = vae
     manifest = {"model": type(model).__name__, "format_version": 1, "morphomu_version": "0.1.0.dev0"}
     (path / "morphomu.json").write_text(json.dumps(manifest))
     if isinstance(model, mm.models.Trident):
         save_format_1(model.image_vae, path / "image_vae")
+
+
+def save_format_2(model, path: Path) -> None:
+    """What morphomu wrote in format 2: format 3's files, but a Trident's image VAE in ``image_vae/`` of its own."""
+    path.mkdir()
+    attributes = {n: v for n, v in model._get_user_attributes() if n.endswith("_")}
+    state = {k: v for k, v in model.module.state_dict().items() if not k.startswith("image_vae.")}
+    var_names = model.get_var_names() if model.adata is not None else None
+    write_model_files(path, prefix=None, state_dict=state, var_names=var_names, attributes=attributes)
+    manifest = {"model": type(model).__name__, "format_version": 2, "morphomu_version": "0.1.0.dev0"}
+    (path / "morphomu.json").write_text(json.dumps(manifest))
+    if isinstance(model, mm.models.Trident):
+        save_format_2(model.image_vae, path / "image_vae")
 
 
 # ------------------------------------------------------------------ the new format
@@ -130,7 +150,8 @@ def test_round_trip_in_the_new_format_is_bit_identical(name, models, data, tmp_p
     names = sorted(p.name for p in path.iterdir())
     assert {"morphomu.json", "model.safetensors", "attributes.json"} <= set(names)
     assert not list(path.rglob("*.pt")) and not list(path.rglob("*.pkl"))
-    assert json.loads((path / "morphomu.json").read_text())["format_version"] == FORMAT_VERSION == 2
+    assert json.loads((path / "morphomu.json").read_text())["format_version"] == FORMAT_VERSION == 3
+    assert not [p for p in path.iterdir() if p.is_dir()]  # sub-models are in the model's own files
     loaded = type(model).load(path, data_for(name, model, data), accelerator="cpu")
     assert_same(outputs(name, model, data), outputs(name, loaded, data))
     for key in ("init_params_", "is_trained_", "train_indices_", "history_"):
@@ -263,7 +284,7 @@ def _trident_data(data):
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("format_version", [1, 2])
+@pytest.mark.parametrize("format_version", [1, 2, 3])
 def test_crafted_directories_run_no_code_through_any_entry_point(name, format_version, data, tmp_path):
     marker = tmp_path / "marker"
     for i, (label, call) in enumerate(entry_points(name, data)):
@@ -275,7 +296,7 @@ def test_crafted_directories_run_no_code_through_any_entry_point(name, format_ve
                 call(path)
             assert not marker.exists(), f"{label}: the payload ran"
             message = str(info.value)
-            if format_version == 2:
+            if format_version >= 2:
                 assert "has no model.safetensors" in message, (label, message)
             elif "legacy" in label or label in ("load_registry", "view_setup_args", "convert_legacy_save"):
                 assert re.search(
@@ -347,9 +368,45 @@ def test_cli_convert_rewrites_in_place(models, data, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "converted the Trident" in proc.stdout
-    assert not list(path.rglob("*.pt")) and (path / "image_vae" / "model.safetensors").is_file()
-    assert json.loads((path / "image_vae" / "morphomu.json").read_text())["format_version"] == FORMAT_VERSION
+    assert not list(path.rglob("*.pt")) and not (path / "image_vae").exists()
+    assert json.loads((path / "morphomu.json").read_text())["format_version"] == FORMAT_VERSION
     assert_same(
         outputs("Trident", model, data),
         outputs("Trident", mm.models.Trident.load(path, model.adata.copy()), data),
     )
+
+
+# ------------------------------------------------------------------ format 2
+@pytest.mark.parametrize("name", MODELS)
+def test_format_2_loads_and_converts(name, models, data, tmp_path):
+    model = models[name]
+    old = tmp_path / "old"
+    save_format_2(model, old)
+    expected = outputs(name, model, data)
+    loaded = type(model).load(old, data_for(name, model, data))
+    assert_same(expected, outputs(name, loaded, data))
+    assert MorphomuModel.load_registry(old)["setup_args"] == model.registry_["setup_args"]
+    new = tmp_path / "new"
+    type(model).convert_legacy_save(old, new)
+    assert json.loads((new / "morphomu.json").read_text())["format_version"] == FORMAT_VERSION
+    assert not [p for p in new.iterdir() if p.is_dir()]
+    converted = type(model).load(new, data_for(name, model, data))
+    assert_same(expected, outputs(name, converted, data))
+    if name == "Trident":
+        assert converted.image_vae.module is converted.module.image_vae
+        assert converted.image_vae.registry_["setup_args"] == model.image_vae.registry_["setup_args"]
+
+
+def test_format_2_trident_with_a_pickled_image_vae_is_refused(models, data, tmp_path):
+    """A format-1 sub-directory in a format-2 Trident would be unpickled unasked: refused, nothing run."""
+    model = models["Trident"]
+    path = tmp_path / "trident"
+    save_format_2(model, path)
+    shutil.rmtree(path / "image_vae")
+    marker = tmp_path / "marker"
+    craft(path / "image_vae", "ImageVAE", format_version=1, marker=marker)
+    with pytest.raises(MorphomuError, match="format 2 but its sub-model image_vae/ is of format 1"):
+        mm.models.Trident.load(path, model.adata.copy())
+    with pytest.raises(MorphomuError, match="format 2 but its sub-model image_vae/ is of format 1"):
+        mm.models.Trident.convert_legacy_save(path, tmp_path / "new")
+    assert not marker.exists()

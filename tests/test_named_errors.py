@@ -381,7 +381,7 @@ def test_cli_data_must_be_hdf5(tmp_path, capsys):
     text.write_text("cell,treatment\nc1,DMSO\n")
     out = tmp_path / "run"
     for task in ("rna", "morphology"):
-        assert main(["benchmark", "--task", task, "--data", str(text), "--out", str(out)]) == 2
+        assert main(["benchmark", task, "--data", str(text), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert f"--data={str(text)!r} is not an HDF5 file" in err and ".h5mu" in err
         assert not out.exists()

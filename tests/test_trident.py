@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import morphomu as mm
 from morphomu import ContractError, MorphomuError
@@ -21,6 +22,7 @@ from morphomu.datasets._simulate import CYTOTOXIC
 from morphomu.models._trident import Trident
 from morphomu.module._trident import TRIDENT_PRESETS, TridentDiT, TridentModule
 from morphomu.nn._dit import PatchEmbed, sincos_pos_embed_2d, unpatchify
+from morphomu.train._checkpoint import CHECKPOINT_NAME
 
 SIM = {"seed": 0, "n_img_cells": 1000, "n_rna_cells": 600, "with_images": True, "image_size": 16}
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
@@ -356,15 +358,44 @@ def test_predict_expression_beats_control_baseline(trained, data):
 def test_save_load_round_trip(trained, data, tmp_path):
     path = tmp_path / "trident"
     trained.save(path)
-    assert (path / "image_vae").is_dir()
+    # one directory, one state dict: the image VAE's tensors are in model.safetensors (format 3)
+    assert not [p for p in path.iterdir() if p.is_dir()]
+    tensors = load_file(path / "model.safetensors")
+    assert any(k.startswith("image_vae.autoencoder.") for k in tensors)
+    assert torch.equal(tensors["image_vae.scaling_factor"], trained.image_vae.module.scaling_factor)
     with pytest.raises(MorphomuError, match="exists"):
         trained.save(path)
     mdata = data.copy()
     loaded = Trident.load(path, mdata)
+    assert loaded.image_vae.is_trained_ and loaded.image_vae.module is loaded.module.image_vae
+    assert loaded.image_vae.history_.keys() == trained.image_vae.history_.keys()
     a = trained.generate(compounds=["Colchicine", "DBeQ"], n_images=2, n_steps=5, guidance_scale=2.0)
     b = loaded.generate(compounds=["Colchicine", "DBeQ"], n_images=2, n_steps=5, guidance_scale=2.0)
     np.testing.assert_array_equal(a.obsm["images"], b.obsm["images"])
     pd.testing.assert_frame_equal(trained.predict_expression(), loaded.predict_expression())
+
+
+def test_image_vae_is_a_frozen_submodule(data, image_vae, tmp_path):
+    """The image VAE's network is the module's ``image_vae``: saved with it, never trained, averaged or checkpointed."""
+    mdata = data.copy()
+    Trident.setup_mudata(mdata)
+    torch.manual_seed(0)
+    model = Trident(mdata, preset="tiny", n_top_genes=200, image_vae=image_vae)
+    assert model.image_vae is image_vae and model.module.image_vae is image_vae.module
+    vae_params = {id(p) for p in image_vae.module.parameters()}
+    own = model.module.trainable_parameters()
+    assert own and not vae_params & {id(p) for p in own}
+    assert len(own) + len(vae_params) == len(list(model.module.parameters()))
+    before = {k: v.clone() for k, v in image_vae.module.state_dict().items()}
+    model.train(max_epochs=1, batch_size=32, checkpoint_dir=tmp_path, checkpoint_every_n_steps=1, **QUIET)
+    after = image_vae.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in image_vae.module.parameters())  # unfrozen again for its own training
+    assert len(model._ema.shadow) == len(own)
+    assert not any(k.startswith("image_vae.") for k in model._raw_state)
+    checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert not any(k.startswith("module.image_vae.") for k in checkpoint["state_dict"])
+    assert any(k.startswith("module.dit.") for k in checkpoint["state_dict"])
 
 
 def test_drug_only_ablation_and_own_image_vae():

@@ -15,9 +15,8 @@ from ._morphology import DEFAULT_MORPHOLOGY_DATA, MorphologyBenchmarkConfig, run
 from ._report import PAPER_MORPHOLOGY, render_morphology_report, render_rna_report
 from ._rna import RnaBenchmarkConfig, fidelity_scores, imaging_separability, run_rna_benchmark
 
+# DEFAULT_MORPHOLOGY_DATA and PAPER_MORPHOLOGY stay importable here (tables, not API)
 __all__ = [
-    "DEFAULT_MORPHOLOGY_DATA",
-    "PAPER_MORPHOLOGY",
     "MorphologyBenchmarkConfig",
     "RnaBenchmarkConfig",
     "fidelity_scores",

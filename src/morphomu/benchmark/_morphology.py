@@ -228,6 +228,8 @@ def _run_stages(
     results["compounds"] = compounds
     results["data"] = {split: int(real.n_obs) for split, real in real_sets.items()}
 
+    import torch
+
     max_epochs = config.max_epochs if config.max_epochs is not None else MAX_EPOCHS[config.preset]
     vae_epochs = config.vae_epochs if config.vae_epochs is not None else VAE_EPOCHS[config.preset]
     models.Trident.setup_mudata(mdata, images_key=config.images_key)
@@ -236,6 +238,8 @@ def _run_stages(
     image_vae = None
     for name, use_rna in zip(VARIANTS, (True, False), strict=True):
         with stage(f"train {name}"):
+            # the weights start from torch's global generator: seeded, a run repeats
+            torch.manual_seed(config.seed)
             model = models.Trident(mdata, preset=config.preset, use_rna=use_rna, image_vae=image_vae)
             model.train(
                 max_epochs=max_epochs,

@@ -6,7 +6,9 @@ from .._lazy import attach
 
 __all__ = [
     "ImageVAE",
+    "MorphologyEmbedder",
     "PhenoSeq",
+    "RidgeBaseline",
     "TreatmentClassifier",
     "Trident",
 ]
@@ -15,7 +17,9 @@ __getattr__, __dir__ = attach(
     __name__,
     {
         "ImageVAE": "._image_vae",
+        "MorphologyEmbedder": "._morphology_embedder",
         "PhenoSeq": "._phenoseq",
+        "RidgeBaseline": "._ridge",
         "TreatmentClassifier": "._classifier",
         "Trident": "._trident",
     },

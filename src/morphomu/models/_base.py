@@ -11,11 +11,18 @@ from typing import Any
 import numpy as np
 from scvi.model.base import BaseModelClass
 
+from .._core import FIELD_REGISTRIES_KEY, MODEL_NAME_KEY, SETUP_ARGS_KEY, SETUP_METHOD_NAME_KEY
 from .._errors import MorphomuError, MorphomuWarning
 from .._io import atomic_path
 from ._format import FORMAT_VERSION, MANIFEST, read_model_files, write_model_files
 
-__all__ = ["FORMAT_VERSION", "MorphomuModel", "feature_field", "finish_ema_training"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MorphomuModel",
+    "feature_field",
+    "finish_ema_training",
+    "n_registered_columns",
+]
 
 
 def feature_field(key: str, rep: str | None, mod: str) -> Any:
@@ -25,6 +32,12 @@ def feature_field(key: str, rep: str | None, mod: str) -> Any:
     if rep is None:
         return fields.MuDataLayerField(key, None, mod_key=mod, is_count_data=False, mod_required=True)
     return fields.MuDataObsmField(key, rep, mod_key=mod, mod_required=True)
+
+
+def n_registered_columns(registry: dict, key: str) -> int | None:
+    """Feature columns of the field ``key`` in an scvi-tools registry (``None`` when it records none)."""
+    state = registry[FIELD_REGISTRIES_KEY][key]["state_registry"]
+    return len(state.get("column_names", [])) or None
 
 
 def finish_ema_training(model: Any, plan: Any) -> None:
@@ -119,11 +132,32 @@ class MorphomuModel(BaseModelClass):
 
     #: Whether :meth:`load` may build the model without data (only models whose methods need none).
     _loads_without_data = False
+    #: The model's presets (name -> sizes), ``None`` for a model without any.
+    _presets: dict[str, Any] | None = None
+    #: Checks of ``generate``'s arguments by name (``morphomu._validation.check_args``); the tools that
+    #: call a model run them, with ``_train_checks``, before they set up or train one.
+    _generate_checks: dict[str, Any] = {}
+
+    @classmethod
+    def _register_mudata(cls, mdata: Any, fields: list[Any], setup_method_args: dict, **kwargs: Any) -> None:
+        """Register ``fields`` of ``mdata`` with scvi-tools for this class (modalities may hold other cells).
+
+        ``kwargs`` go to scvi-tools' ``register_fields`` (``source_registry`` when loading).
+        """
+        from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
+
+        manager = AnnDataManager(
+            fields=fields,
+            setup_method_args=setup_method_args,
+            validation_checks=AnnDataManagerValidationCheck(check_fully_paired_mudata=False),
+        )
+        manager.register_fields(mdata, **kwargs)
+        cls.register_manager(manager)
 
     @property
     def setup_args(self) -> dict[str, Any]:
         """Keys given to :meth:`setup_mudata`."""
-        return dict(self.registry_["setup_args"])
+        return dict(self.registry_[SETUP_ARGS_KEY])
 
     def save(
         self,
@@ -137,8 +171,8 @@ class MorphomuModel(BaseModelClass):
 
         The directory holds ``morphomu.json`` (manifest), ``model.safetensors`` (the module's weights) and
         ``attributes.json`` (everything else: setup, initialisation arguments, history, split indices), and
-        nothing pickled. A model made of several (``Trident`` and its image VAE, in ``image_vae/``) is
-        saved as one directory.
+        nothing pickled. A model made of several (``Trident`` and its image VAE) is saved as one directory:
+        the sub-model's tensors in the same ``model.safetensors``, its attributes in ``attributes.json``.
 
         Parameters
         ----------
@@ -154,12 +188,12 @@ class MorphomuModel(BaseModelClass):
         """
         from .. import __version__
 
-        attributes = {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
+        attributes = self._attributes_to_save()
         var_names = self.get_var_names() if self.adata is not None else None
         with atomic_path(dir_path, overwrite=overwrite, arg="dir_path") as tmp:
             tmp.mkdir()
             if save_anndata and self.adata is not None:
-                method = self.registry_.get("setup_method_name", "setup_anndata")
+                method = self.registry_.get(SETUP_METHOD_NAME_KEY, "setup_anndata")
                 self.adata.write(str(tmp / f"{prefix or ''}{_DATA_FILES[method]}"))
             try:
                 write_model_files(
@@ -172,7 +206,6 @@ class MorphomuModel(BaseModelClass):
             except TypeError as e:
                 msg = f"{type(self).__name__} cannot be saved: {e}"
                 raise MorphomuError(msg) from None
-            self._save_parts(tmp, prefix=prefix)
             manifest = {
                 "model": type(self).__name__,
                 "format_version": FORMAT_VERSION,
@@ -180,15 +213,48 @@ class MorphomuModel(BaseModelClass):
             }
             _manifest_path(tmp, prefix).write_text(json.dumps(manifest, indent=2))
 
-    def _save_parts(self, dir_path: Path, *, prefix: str | None) -> None:
-        """Write what the model holds besides its module and attributes (e.g. a sub-model) into ``dir_path``."""
+    def _attributes_to_save(self) -> dict[str, Any]:
+        """What :meth:`save` writes to ``attributes.json``: scvi-tools' ``*_`` attributes (a model adds records)."""
+        return {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
 
     @classmethod
     def _load_init_kwargs(
         cls, dir_path: Path, *, prefix: str | None, attributes: dict[str, Any], legacy_format: bool
     ) -> dict[str, Any]:
-        """Constructor arguments :meth:`load` adds to the saved ``init_params_`` (e.g. a saved sub-model)."""
+        """Constructor arguments :meth:`load` adds to the saved ``init_params_`` (e.g. a saved sub-model).
+
+        A model removes from ``attributes`` the records it consumes here (the rest are set on the model).
+        """
         return {}
+
+    @classmethod
+    def _construct_saved(
+        cls, adata: Any, registry: dict[str, Any], init: dict[str, Any], extra_init: dict[str, Any]
+    ) -> Any:
+        """The model built as saved: the saved ``init_params_`` and registry, plus ``extra_init``."""
+        non_kwargs = dict(init.get("non_kwargs", {}))
+        extra = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+        if "registry" in inspect.signature(cls).parameters:
+            non_kwargs["registry"] = registry
+        non_kwargs.update(extra_init)
+        return cls(adata, **non_kwargs, **extra)
+
+    @classmethod
+    def _from_saved_attributes(cls, attributes: dict[str, Any], *, where: str) -> Any:
+        """A model without data, built from the attributes saved for it inside another model's files.
+
+        Its weights are part of the other model's state dict, which the caller loads.
+        """
+        attributes = dict(attributes)
+        for key in ("registry_", "init_params_"):
+            if not isinstance(attributes.get(key), dict):
+                msg = f"{where}: the saved attributes have no {key} record."
+                raise MorphomuError(msg)
+        registry, init = attributes.pop("registry_"), attributes.pop("init_params_")
+        model = cls._construct_saved(None, registry, init, {})
+        for name, value in attributes.items():
+            setattr(model, name, value)
+        return model
 
     @staticmethod
     def read_manifest(
@@ -328,10 +394,10 @@ class MorphomuModel(BaseModelClass):
                 msg = f"dir_path={str(dir_path)!r}: the saved attributes have no {key} record."
                 raise MorphomuError(msg)
         registry, init = attributes.pop("registry_"), attributes.pop("init_params_")
-        if registry.get("model_name", cls.__name__) != cls.__name__:
-            msg = f"dir_path={str(dir_path)!r}: its registry is a {registry['model_name']}'s, not a {cls.__name__}'s."
+        if registry.get(MODEL_NAME_KEY, cls.__name__) != cls.__name__:
+            msg = f"dir_path={str(dir_path)!r}: its registry is a {registry[MODEL_NAME_KEY]}'s, not a {cls.__name__}'s."
             raise MorphomuError(msg)
-        method = registry.get("setup_method_name", "setup_anndata")
+        method = registry.get(SETUP_METHOD_NAME_KEY, "setup_anndata")
         if adata is None:
             adata = cls._read_saved_data(dir_path / f"{prefix or ''}{_DATA_FILES.get(method, '')}")
         if adata is None and not cls._loads_without_data:
@@ -342,15 +408,11 @@ class MorphomuModel(BaseModelClass):
             raise MorphomuError(msg)
         if adata is not None:
             _warn_var_names(adata, var_names)
-            getattr(cls, method)(adata, source_registry=registry, **registry["setup_args"])
-        non_kwargs = dict(init.get("non_kwargs", {}))
-        extra = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
-        if "registry" in inspect.signature(cls).parameters:
-            non_kwargs["registry"] = registry
-        non_kwargs.update(
-            cls._load_init_kwargs(dir_path, prefix=prefix, attributes=attributes, legacy_format=legacy_format)
+            getattr(cls, method)(adata, source_registry=registry, **registry[SETUP_ARGS_KEY])
+        extra_init = cls._load_init_kwargs(
+            dir_path, prefix=prefix, attributes=attributes, legacy_format=legacy_format
         )
-        model = cls(adata, **non_kwargs, **extra)
+        model = cls._construct_saved(adata, registry, init, extra_init)
         for name, value in attributes.items():
             setattr(model, name, value)
         try:
@@ -408,24 +470,14 @@ class MorphomuModel(BaseModelClass):
     def view_setup_args(
         dir_path: str | Path, prefix: str | None = None, *, legacy_format: bool = False
     ) -> None:
-        """Print the arguments a saved model was set up with.
-
-        Parameters
-        ----------
-        dir_path
-            Directory written by :meth:`save`.
-        prefix
-            File-name prefix used at save.
-        legacy_format
-            Also read format 1 (see :meth:`load`).
-        """
+        """Print the arguments a saved model was set up with (the arguments are :meth:`load_registry`'s)."""
         import rich
         import rich.pretty
 
         registry = MorphomuModel.load_registry(dir_path, prefix, legacy_format=legacy_format)
-        method = registry.get("setup_method_name", "setup_anndata")
-        rich.print(f"Setup via `{registry.get('model_name', '?')}.{method}` with arguments:")
-        rich.pretty.pprint(registry.get("setup_args", {}))
+        method = registry.get(SETUP_METHOD_NAME_KEY, "setup_anndata")
+        rich.print(f"Setup via `{registry.get(MODEL_NAME_KEY, '?')}.{method}` with arguments:")
+        rich.pretty.pprint(registry.get(SETUP_ARGS_KEY, {}))
 
     @classmethod
     def convert_legacy_save(
@@ -438,8 +490,8 @@ class MorphomuModel(BaseModelClass):
         """Rewrite a trusted format-1 (pickled) model directory in the current format.
 
         The format-1 files are read through the restricted unpickler of ``load(..., legacy_format=True)``;
-        the new directory holds no pickle. Sub-models (a Trident's ``image_vae/``) are converted too, and the
-        data saved with the model is copied.
+        the new directory holds no pickle. A sub-model (a Trident's ``image_vae/``) joins the model's own files,
+        as the current format keeps it, and the data saved with the model is copied.
 
         Parameters
         ----------
@@ -487,8 +539,8 @@ def convert_model_dir(
             if entry.name in own:
                 continue
             if entry.is_dir() and (entry / MANIFEST).is_file():
-                write(entry, dst / entry.name, None)
-            elif entry.is_file() and not entry.is_symlink():
+                continue  # a sub-model of format 1 or 2: read_model_files merged it into the model's files
+            if entry.is_file() and not entry.is_symlink():
                 shutil.copy2(entry, dst / entry.name)
         new = {
             "model": str(found["model"]),
@@ -511,7 +563,7 @@ def convert_model_dir(
 
 
 def _only_model_files(dir_path: Path, prefix: str | None) -> bool:
-    """Whether ``dir_path`` holds only what a morphomu model save writes (format 1 or 2, sub-models included)."""
+    """Whether ``dir_path`` holds only what a morphomu model save writes (any format; sub-model directories of formats 1-2)."""
     from .._io import MARKER
 
     names = {

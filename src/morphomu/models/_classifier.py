@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.train import TrainRunner
 
 from .. import _constants as C
-from .._core import Standardizer, quiet_lightning, rep_matrix, split_stream
-from .._errors import ContractError, MorphomuError, MorphomuWarning
+from .._core import Standardizer, quiet_lightning, split_stream
+from .._errors import ContractError, MorphomuError
 from .._validation import (
-    check_args,
     check_mudata,
     check_nonnegative,
     check_nonnegative_int,
-    check_obs_keys,
     check_positive,
     check_positive_int,
-    check_rep,
-    get_mod,
     optional,
 )
 from ..module._classifier import DualMLPClassifier, MLPClassifier
@@ -35,11 +28,14 @@ from ..train._classifier import (
     ClassifierDataModule,
     ClassifierTrainingPlan,
     ExampleSet,
-    SamplePools,
     batch_loader,
+    classification_metrics,
 )
-from ..train._disk_cache import RowCache, use_disk_cache
-from ._base import MorphomuModel, feature_field
+from ..train._disk_cache import CacheOptions, check_cache_options
+from ._base import MorphomuModel, feature_field, n_registered_columns
+from ._classifier_data import RowCaches, input_matrices, obs_column, split_examples
+from ._classifier_hparams import DUAL_KEYS, HPARAMS, check_setting, resolve_hparams
+from ._classifier_inputs import ClassifierInput, check_input_data, input_kind, parse_inputs
 from ._training import TrainingMixin, train_docstring
 
 if TYPE_CHECKING:
@@ -50,94 +46,16 @@ __all__ = [
     "ClassifierInput",
     "TreatmentClassifier",
     "classification_metrics",
+    "input_kind",
     "parse_inputs",
     "resolve_hparams",
 ]
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ("single", "multi")
-KINDS = ("image", "rna")
 #: Seed of the fixed validation / test populations (as scGeneScope).
 EVAL_SEED = 2024
 
-_SHARED_PAPER = {
-    "batch_size": 4096,
-    "max_epochs": 100,
-    "patience": 25,
-    "gradient_clip": 0.5,
-    "epoch_size": None,
-}
-_DUAL_PAPER = {"image_hidden": 266, "image_layers": 3, "rna_hidden": 2748, "rna_layers": 3, "n_embed": 913}
-
-#: Hyper-parameters per preset and ``(setting, kind)``; ``kind`` is ``'image'``, ``'rna'`` or
-#: ``'image+rna'``. ``paper`` is the PhenoSeq paper's Table 6 (AdamW, batch 4096, at most 100 epochs,
-#: early stopping with patience 25 on validation balanced accuracy, gradient clipping 0.5). ``fast``
-#: (CPU-sized) and ``tiny`` (tests) keep the architectures at smaller widths.
-HPARAMS: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
-    "paper": {
-        ("single", "image"): {
-            "n_hidden": 512,
-            "n_layers": 5,
-            "lr": 1e-3,
-            "weight_decay": 1e-4,
-            **_SHARED_PAPER,
-        },
-        ("single", "rna"): {
-            "n_hidden": 3934,
-            "n_layers": 3,
-            "lr": 1.49e-4,
-            "weight_decay": 9.24e-5,
-            **_SHARED_PAPER,
-        },
-        ("single", "image+rna"): {**_DUAL_PAPER, "lr": 1.37e-5, "weight_decay": 4.52e-5, **_SHARED_PAPER},
-        ("multi", "image"): {
-            "n_hidden": 279,
-            "n_layers": 2,
-            "lr": 5.20e-5,
-            "weight_decay": 5.79e-3,
-            **_SHARED_PAPER,
-        },
-        ("multi", "rna"): {
-            "n_hidden": 1922,
-            "n_layers": 4,
-            "lr": 1.63e-4,
-            "weight_decay": 1.90e-6,
-            **_SHARED_PAPER,
-        },
-        ("multi", "image+rna"): {**_DUAL_PAPER, "lr": 1.63e-4, "weight_decay": 4.52e-5, **_SHARED_PAPER},
-    },
-}
-_FAST = {
-    "n_hidden": 256, "n_layers": 2, "image_hidden": 128, "image_layers": 2, "rna_hidden": 256, "rna_layers": 2,
-    "n_embed": 128, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 1024, "max_epochs": 20, "patience": 5,
-    "gradient_clip": 0.5, "epoch_size": None,
-}  # fmt: skip
-_TINY = {
-    "n_hidden": 32, "n_layers": 1, "image_hidden": 16, "image_layers": 1, "rna_hidden": 16, "rna_layers": 1,
-    "n_embed": 16, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 256, "max_epochs": 10, "patience": 10,
-    "gradient_clip": 0.5, "epoch_size": None,
-}  # fmt: skip
-_SINGLE_KEYS = ("n_hidden", "n_layers")
-_DUAL_KEYS = tuple(_DUAL_PAPER)
-for _name, _table in (("fast", _FAST), ("tiny", _TINY)):
-    HPARAMS[_name] = {
-        (s, kind): {
-            k: v for k, v in _table.items() if k not in (_DUAL_KEYS if kind != "image+rna" else _SINGLE_KEYS)
-        }
-        for s in SETTINGS
-        for kind in ("image", "rna", "image+rna")
-    }
-#: Every name a ``hparams`` dict may set.
-HPARAM_NAMES = frozenset(_FAST)
-#: Checks of the resolved hyper-parameters (a preset's values with a dict's overrides).
-_HPARAM_CHECKS: dict[str, Any] = {
-    **dict.fromkeys((*_SINGLE_KEYS, *_DUAL_KEYS, "batch_size", "max_epochs", "patience"), check_positive_int),
-    "lr": check_positive,
-    "weight_decay": check_nonnegative,
-    "gradient_clip": check_positive,
-    "epoch_size": optional(check_positive_int),
-}
 #: Checks of :meth:`TreatmentClassifier.train`'s arguments (``None``: from the model's ``hparams``), run
 #: before any work.
 TRAIN_CHECKS: dict[str, Any] = {
@@ -150,160 +68,6 @@ TRAIN_CHECKS: dict[str, Any] = {
     "epoch_size": optional(check_positive_int),
     "num_workers": check_nonnegative_int,
 }
-
-
-def resolve_hparams(hparams: str | Mapping[str, Any], setting: str, kind: str) -> dict[str, Any]:
-    """The hyper-parameters of one ``(setting, kind)``: a preset name, or a dict of overrides.
-
-    A dict may name its base preset under ``'preset'`` (default ``'paper'``); its other keys (any of
-    :data:`HPARAM_NAMES`) override the preset's values. Keys that do not apply to the architecture (e.g.
-    ``n_hidden`` for a DualMLP) are ignored, so one dict can serve all ten settings.
-    """
-    if setting not in SETTINGS:
-        msg = f"setting={setting!r}: choose 'single' (one cell per example) or 'multi' (k cells averaged)."
-        raise MorphomuError(msg)
-    overrides: dict[str, Any] = {}
-    if isinstance(hparams, str):
-        preset = hparams
-    elif isinstance(hparams, Mapping):
-        overrides = dict(hparams)
-        preset = overrides.pop("preset", "paper")
-        unknown = sorted(set(overrides) - HPARAM_NAMES)
-        if unknown:
-            msg = f"hparams has unknown keys {unknown}; known: {sorted(HPARAM_NAMES)} and 'preset'."
-            raise MorphomuError(msg)
-    else:
-        msg = f"hparams must be a preset name or a dict, got {type(hparams).__name__}."
-        raise MorphomuError(msg)
-    if preset not in HPARAMS:
-        msg = f"hparams preset {preset!r} is unknown; choose one of {sorted(HPARAMS)}."
-        raise MorphomuError(msg)
-    base = dict(HPARAMS[preset][(setting, kind)])
-    base.update({k: v for k, v in overrides.items() if k in base or k not in (*_SINGLE_KEYS, *_DUAL_KEYS)})
-    for key, check in _HPARAM_CHECKS.items():
-        if key in base:
-            base[key] = check(base[key], f"hparams[{key!r}]")
-    return base
-
-
-@dataclass(frozen=True)
-class ClassifierInput:
-    """One input of a classifier: a modality, its representation and its kind (``'image'`` / ``'rna'``)."""
-
-    mod: str
-    rep: str | None
-    kind: str
-
-    @property
-    def label(self) -> str:
-        """E.g. ``'img:X_vit'``."""
-        return f"{self.mod}:{self.rep or 'X'}"
-
-
-def _kind_of(mod: str) -> str | None:
-    if mod.startswith(C.IMAGE_MOD):
-        return "image"
-    if mod.startswith(C.RNA_MOD):
-        return "rna"
-    return None
-
-
-def parse_inputs(inputs: Any) -> tuple[ClassifierInput, ...]:
-    """Normalise ``inputs`` to one or two :class:`ClassifierInput`, imaging first.
-
-    Accepted: a pair ``('img', 'X_vit')``; a triple ``(mod, rep, kind)``; a list of those; a dict
-    ``{mod: rep}``. ``rep=None`` means ``.X``. The kind (which row of Table 6 applies, and which DualMLP
-    encoder) is the explicit third element when given, else read from the modality name: ``img...``
-    (``img``, ``img_synthetic``) is ``'image'``, ``rna...`` (``rna``, ``rna_synthetic``) is ``'rna'``.
-    Two inputs must be one of each kind.
-    """
-    if isinstance(inputs, Mapping):
-        items = list(inputs.items())
-    elif (
-        isinstance(inputs, tuple)
-        and len(inputs) in (2, 3)
-        and isinstance(inputs[0], str)
-        and (inputs[1] is None or isinstance(inputs[1], str))
-        and (len(inputs) == 2 or isinstance(inputs[2], str))
-    ):
-        items = [inputs]
-    elif isinstance(inputs, Sequence) and not isinstance(inputs, str):
-        items = list(inputs)
-    else:
-        msg = f"inputs must be (mod, rep), (mod, rep, kind), a list of those or a dict {{mod: rep}}; got {inputs!r}."
-        raise MorphomuError(msg)
-    if not 1 <= len(items) <= 2:
-        msg = f"inputs must name one modality (MLP) or two (DualMLP: imaging + RNA), got {len(items)}."
-        raise MorphomuError(msg)
-    parsed = []
-    for item in items:
-        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) not in (2, 3):
-            msg = f"each input must be (mod, rep) or (mod, rep, kind), got {item!r}."
-            raise MorphomuError(msg)
-        mod, rep, *rest = item
-        if not isinstance(mod, str) or not (rep is None or isinstance(rep, str)):
-            msg = f"input {item!r}: mod must be a modality name and rep an .obsm key or None."
-            raise MorphomuError(msg)
-        kind = rest[0] if rest else _kind_of(mod)
-        if kind not in KINDS:
-            msg = (
-                f"input {item!r}: cannot tell whether {mod!r} is imaging or RNA; name the kind, e.g. "
-                f"({mod!r}, {rep!r}, 'image') or ({mod!r}, {rep!r}, 'rna')."
-                if not rest
-                else f"input {item!r}: kind must be 'image' or 'rna', got {kind!r}."
-            )
-            raise MorphomuError(msg)
-        parsed.append(ClassifierInput(mod, rep, kind))
-    if len(parsed) == 2:
-        if {p.kind for p in parsed} != {"image", "rna"}:
-            msg = f"two inputs must be one imaging and one RNA input (the DualMLP's two encoders), got {parsed}."
-            raise MorphomuError(msg)
-        parsed.sort(key=lambda p: KINDS.index(p.kind))
-    if len({(p.mod, p.rep) for p in parsed}) != len(parsed):
-        msg = "inputs names the same representation twice."
-        raise MorphomuError(msg)
-    return tuple(parsed)
-
-
-def input_kind(specs: Sequence[ClassifierInput]) -> str:
-    """``'image'``, ``'rna'`` or ``'image+rna'``: the Table-6 row family of these inputs."""
-    return "+".join(s.kind for s in specs)
-
-
-def classification_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """Balanced accuracy, macro-F1 and weighted-F1 (scikit-learn), the benchmark's metrics."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        return {
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-            "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
-        }
-
-
-def _as_tensor(matrix: Any) -> torch.Tensor:
-    """The matrix as a CPU float32 tensor, sharing memory when it already is a C-contiguous float32 array."""
-    from scipy import sparse
-
-    if isinstance(matrix, pd.DataFrame):
-        matrix = matrix.to_numpy()
-    if sparse.issparse(matrix):
-        matrix = matrix.toarray()
-    elif not isinstance(matrix, np.ndarray):
-        matrix = matrix[:]  # backed: load
-        matrix = matrix.toarray() if sparse.issparse(matrix) else matrix
-    return torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
-
-
-def _matrix_key(matrix: Any) -> tuple:
-    """Identity of a matrix: its file and dataset when backed (a new object on every ``.X`` access), else the object."""
-    target = getattr(matrix, "group", matrix)  # anndata's backed sparse datasets wrap an h5py group
-    file, name = getattr(target, "file", None), getattr(target, "name", None)
-    if file is not None and isinstance(name, str):
-        return ("file", str(getattr(file, "filename", file)), name, tuple(matrix.shape))
-    return ("object", id(matrix))
 
 
 class TreatmentClassifier(TrainingMixin, MorphomuModel):
@@ -351,6 +115,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
     _training_plan_cls = ClassifierTrainingPlan
     _data_splitter_cls = ClassifierDataModule
     _train_runner_cls = TrainRunner
+    _train_checks = TRAIN_CHECKS
 
     def __init__(
         self,
@@ -361,11 +126,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         exclude: Sequence[str] = (C.CONTROL,),
         hparams: str | Mapping[str, Any] = "paper",
     ) -> None:
-        if setting not in SETTINGS:
-            msg = (
-                f"setting={setting!r}: choose 'single' (one cell per example) or 'multi' (k cells averaged)."
-            )
-            raise MorphomuError(msg)
+        check_setting(setting)
         k = check_positive_int(k, "k")
         super().__init__(mdata)
         self.specs = parse_inputs([tuple(x) for x in self.setup_args["inputs"]])
@@ -383,10 +144,14 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
             )
         else:
             self.module = self._dual_module_cls(
-                *n_features, len(self.classes_), **{key: hp[key] for key in _DUAL_KEYS}
+                *n_features, len(self.classes_), **{key: hp[key] for key in DUAL_KEYS}
             )
         self.best_epoch_: int | None = None
         self.best_validation_score_: float | None = None
+        # how inputs are read: set by each train call, used by predict and evaluate too
+        self._cache_options = CacheOptions()
+        # disk caches of backed inputs, reused by later calls; tl.classify shares one dict between models
+        self._row_caches: RowCaches = {}
         n_params = sum(p.numel() for p in self.module.parameters())
         self._model_summary_string = (
             f"TreatmentClassifier ({setting}-profile{f', k={self.k}' if setting == 'multi' else ''}, "
@@ -434,21 +199,15 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
             split_key=split_key,
         )
         check_mudata(mdata)
-        for s in specs:
-            check_rep(get_mod(mdata, s.mod, arg="inputs"), s.rep, mod=s.mod, arg="inputs")
-            check_obs_keys(
-                mdata.mod[s.mod],
-                {"target_key": target_key, "sample_key": sample_key, "split_key": split_key},
-                mod=s.mod,
-            )
+        keys = {"target_key": target_key, "sample_key": sample_key, "split_key": split_key}
+        check_input_data(mdata, specs, keys, arg="inputs")
 
-        manager = AnnDataManager(
-            fields=[feature_field(f"x{i}", s.rep, s.mod) for i, s in enumerate(specs)],
-            setup_method_args=setup_method_args,
-            validation_checks=AnnDataManagerValidationCheck(check_fully_paired_mudata=False),
+        cls._register_mudata(
+            mdata,
+            [feature_field(f"x{i}", s.rep, s.mod) for i, s in enumerate(specs)],
+            setup_method_args,
+            **kwargs,
         )
-        manager.register_fields(mdata, **kwargs)
-        cls.register_manager(manager)
 
     @classmethod
     def setup_anndata(cls, *args: Any, **kwargs: Any) -> None:
@@ -457,39 +216,21 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         raise MorphomuError(msg)
 
     def _n_features(self) -> list[int]:
-        regs = self.registry_["field_registries"]
-        return [len(regs[f"x{i}"]["state_registry"]["column_names"]) for i in range(len(self.specs))]
+        return [n_registered_columns(self.registry_, f"x{i}") for i in range(len(self.specs))]
 
     # ------------------------------------------------------------------ data
     def _obs(self, mdata: MuData, s: ClassifierInput, key: str) -> np.ndarray:
-        return mdata.mod[s.mod].obs[self.setup_args[key]].astype(str).to_numpy()
+        return obs_column(mdata, s, self.setup_args[key])
 
     def _inputs(self, mdata: MuData) -> list[Any]:
-        """Each input's matrix: a float32 tensor in memory, or a sample-sorted disk cache read by row.
-
-        The choice and the cache's options are those of the last :meth:`train` call (default: a cache
-        for a backed matrix). A cache is built once per matrix and reused by later calls (and, in
-        :func:`morphomu.tl.classify`, by the models of every seed and fold).
-        """
-        opts = self.__dict__.get(
-            "_cache_options", {"in_memory": None, "cache_dir": None, "cache_dtype": "float32"}
+        """Each input's matrix, read as the last :meth:`train` call chose (default: a cache when backed)."""
+        return input_matrices(
+            mdata,
+            self.specs,
+            sample_key=self.setup_args["sample_key"],
+            options=self._cache_options,
+            caches=self._row_caches,
         )
-        caches = self.__dict__.setdefault("_row_caches", {})
-        out: list[Any] = []
-        for s in self.specs:
-            adata = mdata.mod[s.mod]
-            matrix = rep_matrix(adata, s.rep)
-            if not use_disk_cache(matrix, adata.n_obs, in_memory=opts["in_memory"]):
-                out.append(_as_tensor(matrix))
-                continue
-            key = (*_matrix_key(matrix), opts["cache_dtype"])
-            if key not in caches:
-                samples = self._obs(mdata, s, "sample_key")  # sample-sorted: a population is one region
-                codes = pd.Index(sorted(set(samples))).get_indexer(samples)
-                cache = RowCache.build(matrix, codes, dtype=opts["cache_dtype"], directory=opts["cache_dir"])
-                caches[key] = (matrix, cache)  # the matrix keeps an id() key valid
-            out.append(caches[key][1].by_source_row())
-        return out
 
     def _train_classes(self, mdata: MuData) -> list[str]:
         target_key = self.setup_args["target_key"]
@@ -523,99 +264,25 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         return int(np.argmax(counts))
 
     def _check_data(self, mdata: MuData) -> None:
-        a = self.setup_args
-        for s, n in zip(self.specs, self._n_features(), strict=True):
-            adata = get_mod(mdata, s.mod, arg="mdata")
-            check_rep(adata, s.rep, mod=s.mod, arg="inputs", n_features=n)
-            check_obs_keys(
-                adata,
-                {"target_key": a["target_key"], "sample_key": a["sample_key"], "split_key": a["split_key"]},
-                mod=s.mod,
-            )
+        keys = {key: self.setup_args[key] for key in ("target_key", "sample_key", "split_key")}
+        check_input_data(mdata, self.specs, keys, arg="mdata", n_features=self._n_features())
 
     def _examples(
-        self, mdata: MuData, split: str, tensors: list[torch.Tensor], *, warn: bool = True
+        self, mdata: MuData, split: str, tensors: list[Any], *, warn: bool = True
     ) -> tuple[ExampleSet, pd.Index, np.ndarray]:
         """Examples of one split: pools per input, anchor rows, labels; also sample names and anchor obs names."""
-        a = self.setup_args
-        samples_per_input, targets_per_input, keep_per_input = [], [], []
-        for s in self.specs:
-            split_values = self._obs(mdata, s, "split_key")
-            target = self._obs(mdata, s, "target_key")
-            in_split = split_values == split
-            keep = in_split & np.isin(target, self.classes_)
-            if warn:
-                unseen = sorted(set(target[in_split]) - set(self.classes_) - set(self.exclude))
-                if unseen:
-                    warnings.warn(
-                        f"mdata.mod[{s.mod!r}] split {split!r}: cells of {unseen[:5]} (obs[{a['target_key']!r}]) are "
-                        "not classes of this model (absent from the train split) and are left out.",
-                        MorphomuWarning,
-                        stacklevel=3,
-                    )
-            samples_per_input.append(self._obs(mdata, s, "sample_key"))
-            targets_per_input.append(target)
-            keep_per_input.append(keep)
-        names = pd.Index(
-            sorted(
-                set().union(*(set(sm[kp]) for sm, kp in zip(samples_per_input, keep_per_input, strict=True)))
-            )
-        )
-        if len(names) == 0:
-            msg = f"no cells of the model's classes in split {split!r} of {[s.mod for s in self.specs]}."
-            raise ContractError(msg)
-        class_index = pd.Index(self.classes_)
-        sample_labels = np.full(len(names), -1, dtype=np.int64)
-        pools = []
-        for s, sm, tg, kp, data in zip(
-            self.specs, samples_per_input, targets_per_input, keep_per_input, tensors, strict=True
-        ):
-            rows = np.flatnonzero(kp)
-            codes = names.get_indexer(sm[rows])
-            labels = class_index.get_indexer(tg[rows])
-            first = np.full(len(names), -1, dtype=np.int64)
-            first[codes[::-1]] = labels[::-1]  # one label per sample; check they all agree
-            mixed = (first[codes] != labels) | (
-                (sample_labels[codes] >= 0) & (sample_labels[codes] != labels)
-            )
-            if mixed.any():
-                bad = names[codes[np.flatnonzero(mixed)[0]]]
-                msg = (
-                    f"sample {bad!r} (obs[{a['sample_key']!r}]) has more than one value of obs[{a['target_key']!r}] "
-                    f"across mdata.mod[{s.mod!r}] and the other inputs; a sample must have one treatment."
-                )
-                raise ContractError(msg)
-            sample_labels = np.where(first >= 0, first, sample_labels)
-            pools.append(SamplePools.build(data, rows, codes, len(names)))
-        anchor = self.anchor_
-        anchor_rows = np.flatnonzero(keep_per_input[anchor])
-        anchor_codes = names.get_indexer(samples_per_input[anchor][anchor_rows])
-        ok = np.ones(anchor_rows.size, dtype=bool)
-        for i, pool in enumerate(pools):
-            if i != anchor:
-                ok &= pool.counts.numpy()[anchor_codes] > 0
-        if not ok.all():
-            lacking = sorted(set(names[anchor_codes[~ok]]))
-            if not ok.any():
-                msg = f"no sample of split {split!r} has cells in every input modality {[s.mod for s in self.specs]}."
-                raise ContractError(msg)
-            if warn:
-                warnings.warn(
-                    f"split {split!r}: samples {lacking[:5]} have no cells in some input modality; their "
-                    f"{int((~ok).sum())} {self.specs[anchor].mod!r} cells are left out.",
-                    MorphomuWarning,
-                    stacklevel=3,
-                )
-            anchor_rows, anchor_codes = anchor_rows[ok], anchor_codes[ok]
-        examples = ExampleSet(
-            pools,
-            anchor=anchor,
-            anchor_rows=torch.from_numpy(anchor_rows.astype(np.int64)),
-            example_samples=torch.from_numpy(anchor_codes.astype(np.int64)),
-            sample_labels=torch.from_numpy(sample_labels),
+        return split_examples(
+            mdata,
+            self.specs,
+            split,
+            tensors,
+            keys=self.setup_args,
+            classes=self.classes_,
+            exclude=self.exclude,
+            anchor=self.anchor_,
             k=self.k,
+            warn=warn,
         )
-        return examples, names, mdata.mod[self.specs[anchor].mod].obs_names.to_numpy()[anchor_rows]
 
     # ------------------------------------------------------------------ training
     @train_docstring
@@ -689,48 +356,19 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
             ``'float32'`` (the same values) or ``'float16'`` (half the disk and I/O).
         {train_core}
         """
-        self._run_training(
-            {
-                "max_epochs": max_epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "early_stopping": early_stopping,
-                "early_stopping_patience": early_stopping_patience,
-                "gradient_clip_val": gradient_clip_val,
-                "epoch_size": epoch_size,
-                "seed": seed,
-                "eval_seed": eval_seed,
-                "progress": progress,
-                "in_memory": in_memory,
-                "cache_dir": cache_dir,
-                "cache_dtype": cache_dtype,
-                "num_workers": num_workers,
-            },
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            precision=precision,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every_n_steps=checkpoint_every_n_steps,
-            ckpt_path=ckpt_path,
-            trainer_kwargs=trainer_kwargs,
-        )
+        self._run_training(locals())
 
     # training hooks (models/_training.py); unset arguments come from the model's hparams
     def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_args({k: args[k] for k in TRAIN_CHECKS if k in args}, TRAIN_CHECKS)
+        args = super()._train_args(args)  # the checks; the defaults come from the hparams
         hp = self.hparams
         args["max_epochs"] = int(hp["max_epochs"] if args["max_epochs"] is None else args["max_epochs"])
         args["batch_size"] = int(hp["batch_size"] if args["batch_size"] is None else args["batch_size"])
         if args["epoch_size"] is None:
             args["epoch_size"] = hp["epoch_size"]
-        if args["in_memory"] not in (None, True, False) or args["cache_dtype"] not in ("float32", "float16"):
-            msg = (
-                f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
-                f"{args['in_memory']!r} and {args['cache_dtype']!r}."
-            )
-            raise MorphomuError(msg)
+        args["in_memory"], args["cache_dir"], args["cache_dtype"] = check_cache_options(
+            args["in_memory"], args["cache_dir"], args["cache_dtype"]
+        )
         return args
 
     def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -758,11 +396,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
     def _make_datamodule(self, args: dict[str, Any]) -> ClassifierDataModule:
         mdata = self.adata
         self._check_data(mdata)
-        self._cache_options = {
-            "in_memory": args["in_memory"],
-            "cache_dir": args["cache_dir"],
-            "cache_dtype": args["cache_dtype"],
-        }
+        self._cache_options = CacheOptions(args["in_memory"], args["cache_dir"], args["cache_dtype"])
         tensors = self._inputs(mdata)
         train, _, _ = self._examples(mdata, C.TRAIN, tensors)
         val, _, _ = self._examples(mdata, C.VAL, tensors)

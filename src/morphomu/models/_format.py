@@ -1,15 +1,18 @@
 """morphomu's saved-model files: tensors in safetensors, everything else in typed JSON, nothing pickled.
 
-A model directory (format 2) holds
+A model directory (format 3) holds
 
 - ``morphomu.json``: the manifest (model class, format version, morphomu version);
-- ``model.safetensors``: the module's state dict (the EMA weights of a diffusion model);
+- ``model.safetensors``: the module's state dict (the EMA weights of a diffusion model), a sub-model's
+  tensors included (a Trident's image VAE: ``image_vae.*``);
 - ``attributes.json``: the model's saved attributes (scvi-tools' ``*_`` attributes: ``init_params_``,
-  ``registry_``, ``history_``, split indices, ...) and the var names, in the typed JSON of :func:`encode`.
+  ``registry_``, ``history_``, split indices, ...; a sub-model's as one record, ``image_vae_``) and the var
+  names, in the typed JSON of :func:`encode`.
 
-Loading such a directory runs no code from it. Format 1 (scvi-tools' pickled ``model.pt``) is read only on
-request, through :class:`RestrictedUnpickler`, which admits the globals a genuine format-1 save holds and
-refuses any other.
+Loading such a directory runs no code from it. Format 2 had the same files but kept a sub-model in a
+sub-directory of its own (``image_vae/``); :func:`read_model_files` merges it as format 3 holds it. Format 1
+(scvi-tools' pickled ``model.pt``) is read only on request, through :class:`RestrictedUnpickler`, which
+admits the globals a genuine format-1 save holds and refuses any other.
 """
 
 from __future__ import annotations
@@ -45,12 +48,12 @@ __all__ = [
 
 #: Version of morphomu's saved-model layout. Every change to what a save holds raises it, and
 #: :func:`read_model_files` keeps reading the previous versions (see the developer docs).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The manifest file: model class, format version, morphomu version.
 MANIFEST = "morphomu.json"
-#: The module's tensors (format 2).
+#: The module's tensors (formats 2 and 3).
 TENSORS_FILE = "model.safetensors"
-#: Everything else the model saves (format 2).
+#: Everything else the model saves (formats 2 and 3).
 ATTRIBUTES_FILE = "attributes.json"
 #: scvi-tools' pickled file (format 1).
 LEGACY_MODEL_FILE = "model.pt"
@@ -278,7 +281,7 @@ _DECODERS = {
 
 
 # ---------------------------------------------------------------------------------------------------
-# format 2: write and read
+# formats 2 and 3: write and read
 def _name(prefix: str | None, file: str) -> str:
     return f"{prefix or ''}{file}"
 
@@ -318,12 +321,28 @@ def write_model_files(
 def read_model_files(
     dir_path: Path, *, prefix: str | None, format_version: int, map_location: str = "cpu"
 ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """``(state_dict, var_names, attributes)`` of a saved model directory of the given format version.
+    """``(state_dict, var_names, attributes)`` of a saved model directory of the given format version, as format 3 holds them.
 
     Format 1 is read through :func:`read_legacy_model_file` (the caller has checked that it was asked for).
+    A sub-model directory of format 1 or 2 is merged in (:func:`_merge_sub_models`).
     """
     if format_version == 1:
-        return read_legacy_model_file(dir_path / _name(prefix, LEGACY_MODEL_FILE), map_location=map_location)
+        state_dict, var_names, attributes = read_legacy_model_file(
+            dir_path / _name(prefix, LEGACY_MODEL_FILE), map_location=map_location
+        )
+    else:
+        state_dict, var_names, attributes = _read_safetensors_files(
+            dir_path, prefix=prefix, map_location=map_location
+        )
+    if format_version < 3:
+        _merge_sub_models(dir_path, prefix, format_version, state_dict, attributes, map_location=map_location)
+    return state_dict, var_names, attributes
+
+
+def _read_safetensors_files(
+    dir_path: Path, *, prefix: str | None, map_location: str
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """``(state_dict, var_names, attributes)`` of ``model.safetensors`` and ``attributes.json``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -350,6 +369,48 @@ def read_model_files(
         raise MorphomuError(msg)
     decoded = {k: decode(v, where=f"{attributes_path.name}: {k}") for k, v in attributes.items()}
     return state_dict, decode(var_names, where=f"{attributes_path.name}: var_names"), decoded
+
+
+def _merge_sub_models(
+    dir_path: Path,
+    prefix: str | None,
+    format_version: int,
+    state_dict: dict[str, Any],
+    attributes: dict[str, Any],
+    *,
+    map_location: str,
+) -> None:
+    """Merge the sub-model directories of a format-1 or -2 save into its tensors and attributes, in place.
+
+    Those formats kept a sub-model (a Trident's image VAE) in a model directory of its own, ``<name>/``
+    (``<prefix><name>/`` with a prefix); format 3 keeps its tensors as ``<name>.*`` and its attributes as
+    the record ``<name>_``. A sub-model must be of its parent's format: a pickled (format-1) one inside a
+    format-2 directory would be unpickled without the caller having asked for format 1.
+    """
+    lead = prefix or ""
+    for entry in sorted(dir_path.iterdir()):
+        if not (entry.name.startswith(lead) and entry.is_dir() and (entry / MANIFEST).is_file()):
+            continue
+        name = entry.name[len(lead) :]
+        if f"{name}_" in attributes:
+            msg = f"dir_path={str(dir_path)!r}: its sub-model {entry.name}/ clashes with the saved attribute {name}_."
+            raise MorphomuError(msg)
+        try:
+            found = int(json.loads((entry / MANIFEST).read_text())["format_version"])
+        except (ValueError, KeyError, TypeError) as e:
+            msg = f"{entry / MANIFEST} is not a valid morphomu model manifest ({e})."
+            raise MorphomuError(msg) from None
+        if found != format_version:
+            msg = (
+                f"dir_path={str(dir_path)!r} is of model format {format_version} but its sub-model {entry.name}/ "
+                f"is of format {found}; a save writes both in one format."
+            )
+            raise MorphomuError(msg)
+        sub_state, _, sub_attributes = read_model_files(
+            entry, prefix=None, format_version=found, map_location=map_location
+        )
+        state_dict.update({f"{name}.{key}": value for key, value in sub_state.items()})
+        attributes[f"{name}_"] = sub_attributes
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ diffusers directory (e.g. Stable Diffusion's ``vae/``); it gives TRIDENT's laten
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,25 +16,34 @@ from scvi.data import AnnDataManager
 from scvi.train import TrainRunner
 
 from .. import _constants as C
-from .._core import (
-    FIELD_REGISTRIES_KEY,
-    MODEL_NAME_KEY,
-    SCVI_VERSION_KEY,
-    SETUP_ARGS_KEY,
-    SETUP_METHOD_NAME_KEY,
-)
 from .._errors import ContractError, MorphomuError
 from .._validation import (
-    check_args,
     check_nonnegative,
     check_nonnegative_int,
     check_positive,
     check_positive_int,
     optional,
 )
-from ..module._image_vae import IMAGE_VAE_PRESETS, ImageVAEModule, autoencoder_config
+from ..module._image_vae import IMAGE_VAE_PRESETS, ImageVAEModule
 from ..train._image_vae_data import ImageVAETrainingPlan, TileDataModule, tiles_to_tensor
 from ._base import MANIFEST, MorphomuModel
+from ._image_vae_checks import (
+    as_tile_array,
+    check_finite,
+    check_latents,
+    check_tiles,
+    fit_intensity_range,
+    fit_rows,
+    fit_scaling_factor,
+)
+from ._image_vae_pretrained import (
+    adopt_autoencoder,
+    bare_registry,
+    network_config,
+    read_diffusers_autoencoder,
+    resolve_autoencoder_config,
+    set_intensity_range,
+)
 from ._training import TrainingMixin, train_docstring
 
 if TYPE_CHECKING:
@@ -49,27 +57,7 @@ TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
     "fast": {"max_epochs": 50, "batch_size": 32, "lr": 1e-3},
     "tiny": {"max_epochs": 20, "batch_size": 32, "lr": 2e-3},
 }
-#: Percentiles of train pixel values (per channel) that map to -1 and 1 for float tiles.
-ROBUST_PERCENTILES = (0.1, 99.9)
-#: Tiles read to fit the intensity range of float tiles and the latent scaling factor.
-_N_FIT_TILES = 1024
-_CHUNK_TILES = 256
 
-
-def _check_widths(value: Any, arg: str) -> tuple[int, ...]:
-    """A non-empty sequence of positive integers (``block_out_channels``)."""
-    if isinstance(value, str) or not isinstance(value, list | tuple | np.ndarray) or len(value) == 0:
-        msg = f"{arg} must be a non-empty sequence of positive integers (one width per level), got {value!r}."
-        raise MorphomuError(msg)
-    return tuple(check_positive_int(v, f"{arg}[{i}]") for i, v in enumerate(value))
-
-
-#: Checks of the network sizes (preset values and overrides), run before anything is built.
-_SIZE_CHECKS: dict[str, Any] = {
-    "latent_channels": check_positive_int,
-    "layers_per_block": check_positive_int,
-    "block_out_channels": _check_widths,
-}
 #: Checks of :meth:`ImageVAE.train`'s arguments (``None``: the preset's default), run before any work.
 TRAIN_CHECKS: dict[str, Any] = {
     "max_epochs": optional(check_positive_int),
@@ -82,88 +70,6 @@ TRAIN_CHECKS: dict[str, Any] = {
 
 
 # ---------------------------------------------------------------------------------------------------
-# checks and conversions
-# ---------------------------------------------------------------------------------------------------
-def _check_dtype(dtype: np.dtype, *, where: str) -> None:
-    if not (np.issubdtype(dtype, np.unsignedinteger) or np.issubdtype(dtype, np.floating)):
-        msg = (
-            f"{where} has dtype {dtype}; expected unsigned integer (uint8, uint16) or float (float16, float32) "
-            "tiles."
-        )
-        raise ContractError(msg)
-
-
-def _check_tiles(
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    *,
-    where: str,
-    n_channels: int | None = None,
-    factor: int | None = None,
-) -> None:
-    """Raise unless ``shape`` is ``(n, C, H, W)`` with the expected channels and H, W divisible by ``factor``."""
-    if len(shape) != 4:
-        msg = f"{where} must be 4-d (tiles x channels x height x width), found shape {tuple(shape)}."
-        raise ContractError(msg)
-    _check_dtype(np.dtype(dtype), where=where)
-    if n_channels is not None and shape[1] != n_channels:
-        msg = f"{where} has {shape[1]} channels (shape {tuple(shape)}); this ImageVAE takes {n_channels}."
-        raise ContractError(msg)
-    if factor is not None and (shape[2] % factor or shape[3] % factor):
-        msg = (
-            f"{where} has tiles of {shape[2]} x {shape[3]} pixels; height and width must be divisible by the "
-            f"autoencoder's downsampling factor {factor}. Crop or pad the tiles (or choose a preset with a "
-            "smaller factor)."
-        )
-        raise ContractError(msg)
-
-
-def _check_finite(images: Any, *, where: str) -> None:
-    if not np.issubdtype(images.dtype, np.floating):
-        return
-    for start in range(0, images.shape[0], _CHUNK_TILES):
-        if not np.isfinite(np.asarray(images[start : start + _CHUNK_TILES])).all():
-            msg = f"{where} has non-finite values (NaN or inf); expected finite tiles."
-            raise ContractError(msg)
-
-
-def _fit_rows(n: int, limit: int = _N_FIT_TILES) -> np.ndarray:
-    """At most ``limit`` evenly spaced row positions out of ``n`` (deterministic)."""
-    return (
-        np.unique(np.linspace(0, n - 1, num=min(n, limit)).round().astype(np.int64))
-        if n
-        else np.zeros(0, int)
-    )
-
-
-def _intensity_range(images: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Per-channel ``(low, high, clip)``: an unsigned dtype's range, or robust percentiles of float tiles."""
-    n_channels = images.shape[1]
-    if np.issubdtype(images.dtype, np.unsignedinteger):
-        high = float(np.iinfo(images.dtype).max)
-        return np.zeros(n_channels, np.float32), np.full(n_channels, high, np.float32), True
-    sample = np.asarray(images[np.sort(rows)], dtype=np.float32)  # (n, C, H, W)
-    values = np.moveaxis(sample, 1, 0).reshape(n_channels, -1)
-    low, high = np.percentile(values, ROBUST_PERCENTILES, axis=1).astype(np.float32)
-    flat = high <= low
-    high[flat] = low[flat] + 1.0  # a constant channel: any non-empty range
-    return low, high, False
-
-
-def _bare_registry(images_key: str, split_key: str | None) -> dict[str, Any]:
-    """The registry of a model that has no AnnData (loaded from a pretrained directory)."""
-    import scvi
-
-    return {
-        SCVI_VERSION_KEY: scvi.__version__,
-        MODEL_NAME_KEY: "ImageVAE",
-        SETUP_METHOD_NAME_KEY: "setup_anndata",
-        SETUP_ARGS_KEY: {"images_key": images_key, "split_key": split_key},
-        FIELD_REGISTRIES_KEY: {},
-    }
-
-
-# ---------------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------------
 class ImageVAE(TrainingMixin, MorphomuModel):
@@ -172,10 +78,10 @@ class ImageVAE(TrainingMixin, MorphomuModel):
     The image autoencoder of latent diffusion (TRIDENT takes Stable Diffusion's, pre-trained). Tiles keep
     all their channels (Cell Painting has 5; never squashed to RGB). Intensities map to ``[-1, 1]`` per
     channel: an unsigned integer dtype's full range (``0 .. 255`` for uint8), or, for float tiles, robust
-    per-channel percentiles (:data:`ROBUST_PERCENTILES`) of the train tiles, fit at the first training and
-    stored. :meth:`encode` returns the posterior means times :attr:`scaling_factor`, fit when training ends
-    so that latents have about unit variance (Stable Diffusion's convention); :meth:`decode` inverts it and
-    returns tiles in the input's units.
+    per-channel percentiles (:data:`~morphomu.models._image_vae_checks.ROBUST_PERCENTILES`) of the train
+    tiles, fit at the first training and stored. :meth:`encode` returns the posterior means times
+    :attr:`scaling_factor`, fit when training ends so that latents have about unit variance (Stable
+    Diffusion's convention); :meth:`decode` inverts it and returns tiles in the input's units.
 
     Training minimises the reconstruction error (L1 or MSE on ``[-1, 1]`` tiles) plus ``kl_weight`` x KL,
     Stable Diffusion's autoencoder objective without its perceptual (LPIPS) and adversarial terms: both
@@ -227,6 +133,8 @@ class ImageVAE(TrainingMixin, MorphomuModel):
     _training_plan_cls = ImageVAETrainingPlan
     _data_splitter_cls = TileDataModule
     _train_runner_cls = TrainRunner
+    _train_defaults = TRAIN_DEFAULTS
+    _train_checks = TRAIN_CHECKS
 
     def __init__(
         self,
@@ -262,30 +170,18 @@ class ImageVAE(TrainingMixin, MorphomuModel):
                 msg = f"n_channels={n_channels} but the registered tiles have {images.shape[1]} channels."
                 raise MorphomuError(msg)
             n_channels = int(images.shape[1])
-        if autoencoder_config is None:
-            if n_channels is None:
-                msg = "n_channels is needed to build an ImageVAE without data."
-                raise MorphomuError(msg)
-            given = {
-                "latent_channels": latent_channels,
-                "block_out_channels": block_out_channels,
-                "layers_per_block": layers_per_block,
-            }
-            sizes = {**IMAGE_VAE_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-            sizes.update(check_args(sizes, _SIZE_CHECKS))
-            config = autoencoder_config_for(int(n_channels), sizes)
-        else:
-            config = {k: v for k, v in dict(autoencoder_config).items() if not k.startswith("_")}
-            n_channels = int(config["in_channels"])
+        sizes = {
+            "latent_channels": latent_channels,
+            "block_out_channels": block_out_channels,
+            "layers_per_block": layers_per_block,
+        }
+        config, n_channels = resolve_autoencoder_config(preset, n_channels, sizes, autoencoder_config)
         self.preset = preset
         self.module = self._module_cls(config, reconstruction=reconstruction)
         if adata is not None:
             images = adata.obsm[self.setup_args["images_key"]]
-            _check_tiles(
-                images.shape,
-                images.dtype,
-                where=f"adata.obsm[{self.setup_args['images_key']!r}]",
-                factor=self.downsample_factor,
+            check_tiles(
+                images, where=f"adata.obsm[{self.setup_args['images_key']!r}]", factor=self.downsample_factor
             )
         cfg = self.module.autoencoder.config
         self._model_summary_string = (
@@ -375,11 +271,11 @@ class ImageVAE(TrainingMixin, MorphomuModel):
             raise ContractError(msg)
         images = adata.obsm[images_key]
         where = f"adata.obsm[{images_key!r}]"
-        _check_tiles(tuple(images.shape), images.dtype, where=where)
+        check_tiles(images, where=where)
         if adata.n_obs == 0:
             msg = "adata has no tiles."
             raise ContractError(msg)
-        _check_finite(images, where=where)
+        check_finite(images, where=where)
         manager = AnnDataManager(fields=[], setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
@@ -443,25 +339,7 @@ class ImageVAE(TrainingMixin, MorphomuModel):
             (``scvi.settings.seed``).
         {train_core}
         """
-        self._run_training(
-            {
-                "max_epochs": max_epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "kl_weight": kl_weight,
-                "weight_decay": weight_decay,
-                "seed": seed,
-                "num_workers": num_workers,
-            },
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            precision=precision,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every_n_steps=checkpoint_every_n_steps,
-            ckpt_path=ckpt_path,
-            trainer_kwargs=trainer_kwargs,
-        )
+        self._run_training(locals())
 
     # training hooks (models/_training.py)
     def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -471,11 +349,9 @@ class ImageVAE(TrainingMixin, MorphomuModel):
                 "set up an AnnData with ImageVAE.setup_anndata and build a model on it to train."
             )
             raise MorphomuError(msg)
-        check_args({k: args[k] for k in TRAIN_CHECKS if k in args}, TRAIN_CHECKS)
-        defaults = TRAIN_DEFAULTS[self.preset]
-        args["max_epochs"] = int(defaults["max_epochs"] if args["max_epochs"] is None else args["max_epochs"])
-        args["batch_size"] = int(defaults["batch_size"] if args["batch_size"] is None else args["batch_size"])
-        args["lr"] = float(defaults["lr"] if args["lr"] is None else args["lr"])
+        args = super()._train_args(args)
+        args["max_epochs"], args["batch_size"] = int(args["max_epochs"]), int(args["batch_size"])
+        args["lr"] = float(args["lr"])
         return args
 
     def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -490,21 +366,21 @@ class ImageVAE(TrainingMixin, MorphomuModel):
 
     def _training_tiles(self) -> tuple[Any, np.ndarray, np.ndarray]:
         """The checked tiles and their train / validation rows."""
-        images_key = self.setup_args["images_key"]
-        images = self.adata.obsm[images_key]
-        _check_tiles(
-            tuple(images.shape),
-            images.dtype,
-            where=f"adata.obsm[{images_key!r}]",
-            n_channels=self.n_channels,
-            factor=self.downsample_factor,
+        return (self._registered_tiles(self.adata), *self._rows())
+
+    def _registered_tiles(self, adata: AnnData) -> Any:
+        """``adata``'s tiles under the registered key, checked against this model's channels and factor."""
+        key = self.setup_args["images_key"]
+        images = adata.obsm[key]
+        check_tiles(
+            images, where=f"adata.obsm[{key!r}]", n_channels=self.n_channels, factor=self.downsample_factor
         )
-        return (images, *self._rows())
+        return images
 
     def _make_datamodule(self, args: dict[str, Any]) -> TileDataModule:
         images, train_rows, val_rows = self._training_tiles()
         if not self.is_trained_:  # the intensity mapping is fit once, on train tiles
-            low, high, clip = _intensity_range(images, train_rows[_fit_rows(train_rows.size)])
+            low, high, clip = fit_intensity_range(images, train_rows[fit_rows(train_rows.size)])
             with torch.no_grad():
                 self.module.intensity_low.copy_(torch.from_numpy(low))
                 self.module.intensity_high.copy_(torch.from_numpy(high))
@@ -530,26 +406,14 @@ class ImageVAE(TrainingMixin, MorphomuModel):
     def _after_training(self, plan: ImageVAETrainingPlan, args: dict[str, Any]) -> None:
         self.module.eval()
         images, train_rows, _ = self._training_tiles()
-        self._fit_scaling_factor(images, train_rows[_fit_rows(train_rows.size)])
+        self._fit_scaling_factor(images, train_rows[fit_rows(train_rows.size)])
 
-    @torch.inference_mode()
     def _fit_scaling_factor(self, images: Any, rows: np.ndarray) -> None:
         """Set the scaling factor to 1 / std of the posterior means of the given tiles."""
-        module = self.module.eval()
-        device = self.device
-        total, total_sq, count = 0.0, 0.0, 0
-        for start in range(0, rows.size, _CHUNK_TILES):
-            x = module.normalize(
-                tiles_to_tensor(np.asarray(images[np.sort(rows[start : start + _CHUNK_TILES])])).to(device)
-            )
-            mean = module.autoencoder.encode(x).latent_dist.mean.double()
-            total += float(mean.sum())
-            total_sq += float(mean.square().sum())
-            count += mean.numel()
-        var = total_sq / count - (total / count) ** 2
-        factor = 1.0 / max(np.sqrt(max(var, 0.0)), 1e-8)
-        module.scaling_factor.fill_(factor)
-        module.autoencoder.register_to_config(scaling_factor=factor)
+        factor = fit_scaling_factor(self.module.eval(), images, rows, self.device)
+        with torch.inference_mode():
+            self.module.scaling_factor.fill_(factor)
+        self.module.autoencoder.register_to_config(scaling_factor=factor)
 
     # ------------------------------------------------------------------ encode / decode
     def _check_ready(self) -> None:
@@ -575,17 +439,8 @@ class ImageVAE(TrainingMixin, MorphomuModel):
         """
         batch_size = check_positive_int(batch_size, "batch_size")
         self._check_ready()
-        if isinstance(images, torch.Tensor):
-            images = images.detach().cpu().numpy()
-        if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-            images = np.asarray(images)
-        _check_tiles(
-            tuple(images.shape),
-            images.dtype,
-            where="images",
-            n_channels=self.n_channels,
-            factor=self.downsample_factor,
-        )
+        images = as_tile_array(images)
+        check_tiles(images, where="images", n_channels=self.n_channels, factor=self.downsample_factor)
         n, _, h, w = images.shape
         f = self.downsample_factor
         out = np.empty((n, self.latent_channels, h // f, w // f), dtype=np.float32)
@@ -617,16 +472,7 @@ class ImageVAE(TrainingMixin, MorphomuModel):
         """
         batch_size = check_positive_int(batch_size, "batch_size")
         self._check_ready()
-        latents = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
-        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
-            msg = (
-                f"latents must be (n, {self.latent_channels}, h, w) (latent_channels={self.latent_channels}), "
-                f"found shape {latents.shape}."
-            )
-            raise ContractError(msg)
-        if not np.issubdtype(latents.dtype, np.floating) or not np.isfinite(latents).all():
-            msg = f"latents must be finite floats, found dtype {latents.dtype} or non-finite values."
-            raise ContractError(msg)
+        latents = check_latents(latents, self.latent_channels)
         n, _, h, w = latents.shape
         f = self.downsample_factor
         out = np.empty((n, self.n_channels, h * f, w * f), dtype=np.float32)
@@ -686,62 +532,18 @@ class ImageVAE(TrainingMixin, MorphomuModel):
                 )
                 raise MorphomuError(msg)
         else:
-            config_dir = path
-            if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-                config_dir = path / "vae"
-            config_file = config_dir / "config.json"
-            if not config_file.is_file():
-                msg = (
-                    f"path={str(path)!r} has no config.json (nor vae/config.json): expected a diffusers "
-                    "AutoencoderKL directory (config.json + diffusion_pytorch_model.safetensors), e.g. Stable "
-                    "Diffusion's vae/ folder, or a directory written by ImageVAE.save."
-                )
-                raise MorphomuError(msg)
-            try:
-                config = json.loads(config_file.read_text())
-            except ValueError as e:
-                msg = f"{config_file} is not valid JSON ({e})."
-                raise MorphomuError(msg) from None
-            class_name = config.get("_class_name", "AutoencoderKL")
-            if class_name != "AutoencoderKL":
-                msg = f"{config_file} describes a {class_name}, not an AutoencoderKL."
-                raise MorphomuError(msg)
-            c_in, c_out = config.get("in_channels", 3), config.get("out_channels", 3)
-            expected = int(c_in) if n_channels is None else int(n_channels)
-            if c_in != expected or c_out != expected:
-                msg = (
-                    f"the autoencoder at path={str(config_dir)!r} takes in_channels={c_in} and gives "
-                    f"out_channels={c_out}, but n_channels={expected} is expected (tiles keep every channel; "
-                    "they are never squashed to RGB). Train an ImageVAE on your tiles instead, or pass a "
-                    f"model made for {expected} channels."
-                )
-                raise MorphomuError(msg)
-            from diffusers import AutoencoderKL
-
-            autoencoder = AutoencoderKL.from_pretrained(config_dir, local_files_only=True)
+            autoencoder, expected = read_diffusers_autoencoder(path, n_channels)
             model = cls(
                 None,
                 n_channels=expected,
-                # diffusers' private entries (_name_or_path, ...) describe the folder, not the network
-                autoencoder_config={k: v for k, v in autoencoder.config.items() if not k.startswith("_")},
-                registry=_bare_registry(C.IMAGES_KEY, C.SPLIT_KEY),
+                autoencoder_config=network_config(autoencoder.config),
+                registry=bare_registry(C.IMAGES_KEY, C.SPLIT_KEY),
             )
-            model.module.autoencoder = autoencoder.float()
-            with torch.no_grad():
-                model.module.scaling_factor.fill_(float(autoencoder.config.scaling_factor))
-                model.module.intensity_low.fill_(0.0)
-                model.module.intensity_high.fill_(255.0)
-                model.module.clip_output.fill_(True)
+            adopt_autoencoder(model.module, autoencoder)
             model.is_trained_ = True
             model.module.eval()
         if intensity_range is not None:
-            low, high = (float(v) for v in intensity_range)
-            if not high > low:
-                msg = f"intensity_range must be (low, high) with high > low, got {intensity_range}."
-                raise MorphomuError(msg)
-            with torch.no_grad():
-                model.module.intensity_low.fill_(low)
-                model.module.intensity_high.fill_(high)
+            set_intensity_range(model.module, intensity_range)
         return model
 
     @classmethod
@@ -782,24 +584,7 @@ class ImageVAE(TrainingMixin, MorphomuModel):
             if key not in getattr(adata, "obsm", {}):
                 msg = f"adata.obsm has no {key!r} (the images_key this model was set up with)."
                 raise ContractError(msg)
-            images = adata.obsm[key]
-            _check_tiles(
-                tuple(images.shape),
-                images.dtype,
-                where=f"adata.obsm[{key!r}]",
-                n_channels=model.n_channels,
-                factor=model.downsample_factor,
-            )
+            model._registered_tiles(adata)
             model.adata = adata
         model.module.eval()
         return model
-
-
-def autoencoder_config_for(n_channels: int, sizes: dict[str, Any]) -> dict[str, Any]:
-    """The ``AutoencoderKL`` configuration of ``n_channels`` tiles at the given sizes."""
-    return autoencoder_config(
-        n_channels,
-        block_out_channels=tuple(sizes["block_out_channels"]),
-        layers_per_block=int(sizes["layers_per_block"]),
-        latent_channels=int(sizes["latent_channels"]),
-    )

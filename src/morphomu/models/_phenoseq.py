@@ -10,57 +10,39 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.train import TrainRunner
 
 from .. import _constants as C
-from .._core import (
-    Standardizer,
-    Stream,
-    cell_keys,
-    group_means,
-    keyed_normal,
-    keyed_uniform,
-    read_rows,
-    rep_matrix,
-    sample_hashes,
-    step_stream,
-)
-from .._errors import ContractError, MorphomuError
-from .._validation import (
-    check_args,
-    check_fraction,
-    check_mudata,
-    check_n_steps,
-    check_nonnegative,
-    check_nonnegative_int,
-    check_number,
-    check_obs_keys,
-    check_positive,
-    check_positive_int,
-    check_rep,
-    check_unique_obs_names,
-    get_mod,
-    optional,
-)
+from .._core import Standardizer, read_rows, rep_matrix
+from .._errors import MorphomuError
+from .._validation import check_args, check_fraction
 from ..module._phenoseq import PHENOSEQ_PRESETS, PhenoSeqModule
 from ..train._diffusion_plan import DiffusionTrainingPlan
-from ..train._disk_cache import RowCache, RowReader, is_in_memory, use_disk_cache
+from ..train._disk_cache import RowCache, RowReader, check_cache_options, is_in_memory, use_disk_cache
 from ..train._ema import ExponentialMovingAverage
 from ..train._set_data import PairedSetDataModule
-from ._base import MorphomuModel, feature_field
+from ._base import MorphomuModel
+from ._paired import PairedSetupMixin
+from ._phenoseq_checks import (
+    GENERATE_CHECKS,
+    SIZE_CHECKS,
+    TRAIN_CHECKS,
+    check_data,
+    check_training_split,
+    imaging_fit_rows,
+    select_samples,
+)
+from ._phenoseq_sampling import generated_rna, sample_cells
 from ._training import EMATrainingMixin, train_docstring
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["PhenoSeq"]
+__all__ = ["TRAIN_DEFAULTS", "PhenoSeq"]
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_KEY = "image"
-_RNA_KEY = "rna"
 #: Training defaults per preset. ``paper`` is the paper's schedule (AdamW lr 1e-4, batch 256, 5 warm-up
 #: epochs, up to 5,000 epochs with early stopping). The small presets take a 10x larger learning rate
 #: and smaller batches: on the default simulated data (2 CPU cores, same compute) ``fast`` reaches
@@ -71,50 +53,9 @@ TRAIN_DEFAULTS: dict[str, dict[str, float]] = {
     "fast": {"max_epochs": 300, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
     "tiny": {"max_epochs": 100, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
 }
-#: Checks of the network sizes (preset values and overrides), run before anything is built.
-_SIZE_CHECKS: dict[str, Any] = {
-    **dict.fromkeys(
-        ("n_hidden", "n_layers", "n_heads", "n_encoder_heads", "n_time", "ff_mult", "n_context_cells"),
-        check_positive_int,
-    ),
-    "n_encoder_layers": check_nonnegative_int,  # 0: the context encoder is its input projection alone
-    "dropout": check_fraction,
-}
-#: Checks of :meth:`PhenoSeq.train`'s arguments (``None``: the preset's default), run before any work; the
-#: tools that train a PhenoSeq run them on their ``train_kwargs`` first too.
-TRAIN_CHECKS: dict[str, Any] = {
-    "max_epochs": optional(check_positive_int),
-    "batch_size": optional(check_positive_int),
-    "lr": optional(check_positive),
-    "weight_decay": check_nonnegative,
-    "warmup_epochs": optional(check_nonnegative),
-    "early_stopping_patience": check_nonnegative_int,
-    "ema_decay": check_fraction,
-    "num_workers": check_nonnegative_int,
-}
 
 
-def check_n_cells(value: Any, arg: str = "n_cells_per_sample") -> int | str:
-    """Return ``'match'`` or a positive ``int``, raising otherwise (a generation's cells per sample)."""
-    if isinstance(value, str) and value == "match":
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        msg = f"{arg} must be 'match' (as many as the sample's real RNA cells) or a positive integer, got {value!r}."
-        raise MorphomuError(msg)
-    return int(value)
-
-
-#: Checks of :meth:`PhenoSeq.generate`'s numeric arguments, run before any work (also by the tools).
-GENERATE_CHECKS: dict[str, Any] = {
-    "n_steps": check_n_steps,
-    "eta": check_nonnegative,
-    "guidance_scale": check_number,
-    "batch_size": check_positive_int,
-    "n_cells_per_sample": check_n_cells,
-}
-
-
-class PhenoSeq(EMATrainingMixin, MorphomuModel):
+class PhenoSeq(PairedSetupMixin, EMATrainingMixin, MorphomuModel):
     """Generate single-cell RNA embeddings from Cell Painting imaging embeddings (PhenoSeq).
 
     A conditional diffusion model over standardised RNA embeddings (e.g. scGPT, 512-d), conditioned on
@@ -171,6 +112,10 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
     _training_plan_cls = DiffusionTrainingPlan
     _data_splitter_cls = PairedSetDataModule
     _train_runner_cls = TrainRunner
+    _train_defaults = TRAIN_DEFAULTS
+    _train_checks = TRAIN_CHECKS
+    _generate_checks = GENERATE_CHECKS
+    _presets = PHENOSEQ_PRESETS
 
     def __init__(
         self,
@@ -205,7 +150,7 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
             "prediction_type": prediction_type,
         }
         sizes = {**PHENOSEQ_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-        sizes.update(check_args(sizes, _SIZE_CHECKS))
+        sizes.update(check_args(sizes, SIZE_CHECKS))
         p_uncond = check_fraction(p_uncond, "p_uncond")
         for key, heads in (("n_heads", "n_heads"), ("n_encoder_heads", "n_encoder_heads")):
             if sizes["n_hidden"] % sizes[heads]:
@@ -233,95 +178,13 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
         )
         self.init_params_ = self._get_init_params(locals())
 
-    # ------------------------------------------------------------------ setup
-    @classmethod
-    def setup_mudata(
-        cls,
-        mdata: MuData,
-        *,
-        image_mod: str = C.IMAGE_MOD,
-        rna_mod: str = C.RNA_MOD,
-        image_rep: str | None = C.IMAGE_REP,
-        rna_rep: str | None = C.RNA_REP,
-        sample_key: str = C.SAMPLE_KEY,
-        treatment_key: str = C.TREATMENT_KEY,
-        replicate_key: str = C.REPLICATE_KEY,
-        round_key: str = C.ROUND_KEY,
-        split_key: str = C.SPLIT_KEY,
-        **kwargs: Any,
-    ) -> None:
-        """Register a MuData whose imaging and RNA modalities hold different cells, paired by sample.
+    def _paired_data(self, mdata: MuData | None = None) -> tuple[MuData, dict[str, Any]]:
+        """The paired MuData that training (``mdata=None``: the model's own) and generation read, and its keys.
 
-        Checks everything before writing anything: the modalities and representations exist and are
-        finite, the sample and treatment columns exist, every sample with RNA cells has imaging cells,
-        and (when loading a saved model) the feature dimensions match the trained ones.
-
-        Parameters
-        ----------
-        mdata
-            The experiment.
-        image_mod
-            Imaging modality.
-        rna_mod
-            RNA modality.
-        image_rep
-            ``.obsm`` key of the imaging embeddings, or ``None`` for ``.X`` (large, possibly backed data).
-        rna_rep
-            ``.obsm`` key of the RNA embeddings, or ``None`` for ``.X``.
-        sample_key
-            obs column pairing the modalities (one treated well / replicate unit).
-        treatment_key
-            obs column with the treatment.
-        replicate_key
-            obs column with the replicate (copied to generated cells when present).
-        round_key
-            obs column with the experimental round (copied when present).
-        split_key
-            obs column with the split labels; training needs ``train`` and ``val`` RNA cells.
-        **kwargs
-            Passed to scvi-tools' registration (``source_registry`` when loading).
+        PhenoSeq reads the data as given, under its setup keys; a subclass that trains on data derived
+        from the user's (:class:`~morphomu.models.MorphologyEmbedder`) returns the derived data instead.
         """
-        setup_method_args = cls._get_setup_method_args(**locals())
-        source = kwargs.get("source_registry")
-        expected = None
-        if source is not None:
-            regs = source["field_registries"]
-            expected = {
-                key: len(regs[key]["state_registry"].get("column_names", [])) or None
-                for key in (_IMAGE_KEY, _RNA_KEY)
-            }
-        check_data(
-            mdata,
-            image_mod=image_mod,
-            rna_mod=rna_mod,
-            image_rep=image_rep,
-            rna_rep=rna_rep,
-            sample_key=sample_key,
-            treatment_key=treatment_key,
-            n_image=None if expected is None else expected[_IMAGE_KEY],
-            n_rna=None if expected is None else expected[_RNA_KEY],
-        )
-
-        manager = AnnDataManager(
-            fields=[
-                feature_field(_IMAGE_KEY, image_rep, image_mod),
-                feature_field(_RNA_KEY, rna_rep, rna_mod),
-            ],
-            setup_method_args=setup_method_args,
-            validation_checks=AnnDataManagerValidationCheck(check_fully_paired_mudata=False),
-        )
-        manager.register_fields(mdata, **kwargs)
-        cls.register_manager(manager)
-
-    @classmethod
-    def setup_anndata(cls, *args: Any, **kwargs: Any) -> None:
-        """Not available: PhenoSeq needs a MuData with an imaging and an RNA modality (use :meth:`setup_mudata`)."""
-        msg = "PhenoSeq pairs two modalities by sample: use PhenoSeq.setup_mudata(mdata, ...)."
-        raise MorphomuError(msg)
-
-    def _n_features(self) -> tuple[int, int]:
-        regs = self.registry_["field_registries"]
-        return tuple(len(regs[k]["state_registry"]["column_names"]) for k in (_IMAGE_KEY, _RNA_KEY))  # type: ignore[return-value]
+        return (self.adata if mdata is None else mdata), self.setup_args
 
     @property
     def standardizers(self) -> dict[str, Standardizer]:
@@ -345,19 +208,10 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
         cache_dir: str | os.PathLike | None = None,
         cache_dtype: str = "float32",
     ) -> PairedSetDataModule:
-        a = self.setup_args
-        mdata = self.adata
+        mdata, a = self._paired_data()
         img, rna = mdata.mod[a["image_mod"]], mdata.mod[a["rna_mod"]]
         split_key, sample_key = a["split_key"], a["sample_key"]
-        check_obs_keys(rna, {"split_key": split_key}, mod=a["rna_mod"])
-        rna_split = rna.obs[split_key].astype(str).to_numpy()
-        for label in (C.TRAIN, C.VAL):
-            if not (rna_split == label).any():
-                msg = (
-                    f"mdata.mod[{a['rna_mod']!r}].obs[{split_key!r}] (split_key) has no {label!r} cells; training "
-                    f"needs both 'train' and 'val' (found {sorted(set(rna_split))}). Run mm.pp.assign_split first."
-                )
-                raise ContractError(msg)
+        rna_split = check_training_split(rna, split_key, mod=a["rna_mod"])
         train_rows = np.flatnonzero(rna_split == C.TRAIN)
         val_rows = np.flatnonzero(rna_split == C.VAL)
         used = np.concatenate([train_rows, val_rows])
@@ -370,13 +224,13 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
         img_reader = img_matrix if is_in_memory(img_matrix) else RowReader(img_matrix)
         # standardisation statistics: imaging cells of the train split (or of the train samples)
         if not self.is_trained_:
-            if split_key in img.obs.columns:
-                img_fit = np.flatnonzero(img.obs[split_key].astype(str).to_numpy() == C.TRAIN)
-            else:
-                img_fit = np.flatnonzero(np.isin(img_samples, rna_samples[train_rows]))
-            if img_fit.size == 0:
-                msg = f"mdata.mod[{a['image_mod']!r}] has no train-split imaging cells to fit standardisation on."
-                raise ContractError(msg)
+            img_fit = imaging_fit_rows(
+                img,
+                split_key=split_key,
+                train_samples=rna_samples[train_rows],
+                sample_key=sample_key,
+                mod=a["image_mod"],
+            )
             img_scaler = Standardizer.fit(img_reader, img_fit)
             rna_scaler = Standardizer.fit(rep_matrix(rna, a["rna_rep"]), train_rows)
             self._set_standardizers(img_scaler, rna_scaler)
@@ -490,62 +344,19 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
             rounded to float16).
         {train_core}
         """
-        self._run_training(
-            {
-                "max_epochs": max_epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "warmup_epochs": warmup_epochs,
-                "early_stopping": early_stopping,
-                "early_stopping_patience": early_stopping_patience,
-                "ema_decay": ema_decay,
-                "seed": seed,
-                "num_workers": num_workers,
-                "in_memory": in_memory,
-                "cache_dir": cache_dir,
-                "cache_dtype": cache_dtype,
-            },
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            precision=precision,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every_n_steps=checkpoint_every_n_steps,
-            ckpt_path=ckpt_path,
-            trainer_kwargs=trainer_kwargs,
-        )
+        self._run_training(locals())
 
     # training hooks (models/_training.py)
     def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_args({k: args[k] for k in TRAIN_CHECKS if k in args}, TRAIN_CHECKS)
-        defaults = TRAIN_DEFAULTS[self.preset]
-        for key in ("max_epochs", "batch_size", "lr", "warmup_epochs"):
-            if args[key] is None:
-                args[key] = defaults[key]
-        if args["in_memory"] not in (None, True, False) or args["cache_dtype"] not in ("float32", "float16"):
-            msg = (
-                f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
-                f"{args['in_memory']!r} and {args['cache_dtype']!r}."
-            )
-            raise MorphomuError(msg)
+        args = super()._train_args(args)
+        check_cache_options(args["in_memory"], args["cache_dir"], args["cache_dtype"])
         return args
 
     def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
-            "model": type(self).__name__,
-            "preset": self.preset,
-            **self.sizes,
-            "p_uncond": self.p_uncond,
-            "max_epochs": int(args["max_epochs"]),
-            "batch_size": int(args["batch_size"]),
-            "lr": float(args["lr"]),
-            "weight_decay": args["weight_decay"],
-            "warmup_epochs": args["warmup_epochs"],
-            "ema_decay": args["ema_decay"],
+            **super()._run_config(args),
             "early_stopping": args["early_stopping"],
             "early_stopping_patience": args["early_stopping_patience"],
-            "seed": int(args["seed"]),
         }
 
     def _make_datamodule(self, args: dict[str, Any]) -> PairedSetDataModule:
@@ -620,8 +431,6 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
         of ``rna_rep``), obs ``sample``, ``treatment``, ``replicate``, ``round``, ``split`` (those present in
         the imaging modality) and ``synthetic=True``.
         """
-        from anndata import AnnData
-
         check_args(
             {
                 "n_steps": n_steps,
@@ -635,8 +444,7 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
         if not self.is_trained_:
             msg = "the model is not trained; call model.train() first (or PhenoSeq.load a trained one)."
             raise MorphomuError(msg)
-        a = self.setup_args
-        mdata = self.adata if mdata is None else mdata
+        mdata, a = self._paired_data(mdata)
         n_image, n_rna = self._n_features()
         check_data(
             mdata,
@@ -659,109 +467,25 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
             )
             raise MorphomuError(msg)
         img = mdata.mod[a["image_mod"]]
-        img_samples = img.obs[a["sample_key"]].astype(str).to_numpy()
-        available = pd.unique(img_samples)
-        if samples is None:
-            names = pd.Index(sorted(available))
-        else:
-            names = pd.Index([samples] if isinstance(samples, str) else [str(s) for s in samples])
-            unknown = names[~names.isin(available)]
-            if len(unknown):
-                msg = (
-                    f"samples {list(unknown[:5])} have no imaging cells in mdata.mod[{a['image_mod']!r}] "
-                    f"(obs[{a['sample_key']!r}])."
-                )
-                raise ContractError(msg)
-            if names.has_duplicates:
-                msg = "samples contains duplicates."
-                raise MorphomuError(msg)
-        if n_cells_per_sample == "match":
-            rna_samples = mdata.mod[a["rna_mod"]].obs[a["sample_key"]].astype(str)
-            counts = rna_samples.value_counts().reindex(names, fill_value=0).to_numpy()
-            if samples is not None and (counts == 0).any():
-                msg = (
-                    f"samples {list(names[counts == 0][:5])} have no RNA cells to match; pass "
-                    "n_cells_per_sample=<int>."
-                )
-                raise ContractError(msg)
-        else:
-            counts = np.full(len(names), int(n_cells_per_sample))
-
-        module = self.module.eval()
-        device = next(module.parameters()).device
+        names, counts = select_samples(mdata, a, samples, n_cells_per_sample)
         scalers = self.standardizers
-        img_codes = names.get_indexer(img_samples)
-        hashes = sample_hashes(names)
-        cell_sample = np.repeat(np.arange(len(names)), counts)
-        cell_index = (
-            np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, dtype=np.int64)
+        out = sample_cells(
+            self.module.eval(),
+            img,
+            image_rep=a["image_rep"],
+            sample_key=a["sample_key"],
+            names=names,
+            counts=counts,
+            image_scaler=scalers["image"],
+            n_context_cells=self.n_context_cells,
+            context=context,
+            n_steps=int(n_steps),
+            eta=float(eta),
+            guidance_scale=float(guidance_scale),
+            seed=int(seed),
+            batch_size=int(batch_size),
         )
-        draw_keys = {
-            p: cell_keys(seed, p, hashes[cell_sample], cell_index)
-            for p in (Stream.PHENOSEQ_NOISE, Stream.PHENOSEQ_CONTEXT)
-        }
-
-        if context == "mean":
-            means = scalers["image"].transform(
-                group_means(rep_matrix(img, a["image_rep"]), img_codes, len(names))
-            )
-            with torch.inference_mode():
-                tokens = module.encode_context(torch.from_numpy(means).to(device)[:, None, :])
-                sample_cache = module.cross_cache(tokens)
-        else:
-            rows = np.flatnonzero(img_codes >= 0)
-            rows = rows[np.argsort(img_codes[rows], kind="stable")]
-            offsets = np.searchsorted(img_codes[rows], np.arange(len(names) + 1))
-            img_x = torch.from_numpy(
-                scalers["image"].transform(read_rows(rep_matrix(img, a["image_rep"]), rows))
-            )
-            n_per = np.diff(offsets)
-
-        out = np.empty((cell_sample.size, n_rna), dtype=np.float32)
-        for start in range(0, cell_sample.size, int(batch_size)):
-            sl = slice(start, start + int(batch_size))
-            codes = cell_sample[sl]
-            noise = torch.from_numpy(keyed_normal(draw_keys[Stream.PHENOSEQ_NOISE][sl], n_rna)).to(device)
-            if context == "mean":
-                cache = sample_cache.take(torch.from_numpy(codes).to(device))
-            else:
-                u = keyed_uniform(draw_keys[Stream.PHENOSEQ_CONTEXT][sl], self.n_context_cells)
-                pick = offsets[codes][:, None] + np.minimum(
-                    (u * n_per[codes][:, None]).astype(np.int64), n_per[codes][:, None] - 1
-                )
-                with torch.inference_mode():
-                    cache = module.cross_cache(
-                        module.encode_context(img_x[torch.from_numpy(pick)].to(device))
-                    )
-            step_keys = (hashes[codes], cell_index[sl])
-
-            def variance_noise(step: int, keys: tuple = step_keys) -> torch.Tensor:
-                k = cell_keys(seed, step_stream(Stream.PHENOSEQ_STEP_NOISE, step), *keys)
-                return torch.from_numpy(keyed_normal(k, n_rna)).to(device)
-
-            x = module.sample(
-                noise,
-                cache,
-                n_steps=int(n_steps),
-                eta=float(eta),
-                guidance_scale=float(guidance_scale),
-                variance_noise=variance_noise,
-            )
-            out[sl] = x.float().cpu().numpy()
-        values = scalers["rna"].inverse_transform(out)
-        obs = synthetic_obs(img, names, a, cell_sample)
-        obs.index = [
-            f"{s}-synthetic-{i}" for s, i in zip(obs[a["sample_key"]].astype(str), cell_index, strict=True)
-        ]
-        rna_rep = a["rna_rep"]
-        var_names = (
-            mdata.mod[a["rna_mod"]].var_names.astype(str)
-            if rna_rep is None and a["rna_mod"] in mdata.mod
-            else pd.Index([f"{rna_rep or 'X'}_{i}" for i in range(n_rna)])
-        )
-        adata = AnnData(X=values, obs=obs, var=pd.DataFrame(index=var_names))
-        if rna_rep is not None:
-            adata.obsm[rna_rep] = values.copy()
+        adata = generated_rna(scalers["rna"].inverse_transform(out), mdata, a, names, counts)
         adata.uns[C.UNS_KEY] = {
             "generate": {
                 "model": "PhenoSeq",
@@ -773,71 +497,3 @@ class PhenoSeq(EMATrainingMixin, MorphomuModel):
             }
         }
         return adata
-
-
-def synthetic_obs(img: AnnData, names: pd.Index, a: dict[str, Any], cell_sample: np.ndarray) -> pd.DataFrame:
-    """Per generated cell: the sample's metadata (from the imaging modality) and ``synthetic=True``."""
-    keys = [a["sample_key"], a["treatment_key"], a["replicate_key"], a["round_key"], a["split_key"]]
-    keys = list(dict.fromkeys(k for k in keys if k in img.obs.columns))
-    meta = img.obs[keys].copy()
-    meta[a["sample_key"]] = meta[a["sample_key"]].astype(str)
-    first = meta.drop_duplicates(a["sample_key"]).set_index(a["sample_key"], drop=False).reindex(names)
-    obs = first.iloc[cell_sample].reset_index(drop=True)
-    obs[a["sample_key"]] = pd.Categorical(obs[a["sample_key"]], categories=list(names))
-    obs[C.SYNTHETIC_KEY] = True
-    return obs
-
-
-def check_data(
-    mdata: Any,
-    *,
-    image_mod: str,
-    rna_mod: str | None,
-    image_rep: str | None,
-    rna_rep: str | None,
-    sample_key: str,
-    treatment_key: str,
-    n_image: int | None = None,
-    n_rna: int | None = None,
-) -> None:
-    """All input checks of PhenoSeq (nothing is written)."""
-    check_mudata(mdata)
-    img = get_mod(mdata, image_mod, arg="image_mod")
-    if img.n_obs == 0:
-        msg = f"mdata.mod[{image_mod!r}] has no cells."
-        raise ContractError(msg)
-    check_obs_keys(img, {"sample_key": sample_key, "treatment_key": treatment_key}, mod=image_mod)
-    check_rep(img, image_rep, mod=image_mod, arg="image_rep", n_features=n_image)
-    n_treat = img.obs.groupby(img.obs[sample_key].astype(str), observed=True)[treatment_key].nunique()
-    if (n_treat > 1).any():
-        msg = (
-            f"samples {list(n_treat.index[n_treat > 1][:5])} of mdata.mod[{image_mod!r}] have several treatments "
-            f"(obs[{treatment_key!r}]); a sample must be one treated unit."
-        )
-        raise ContractError(msg)
-    if rna_mod is None:
-        return
-    rna = get_mod(mdata, rna_mod, arg="rna_mod")
-    if rna.n_obs == 0:
-        msg = f"mdata.mod[{rna_mod!r}] has no cells."
-        raise ContractError(msg)
-    check_obs_keys(rna, {"sample_key": sample_key}, mod=rna_mod)
-    check_rep(rna, rna_rep, mod=rna_mod, arg="rna_rep", n_features=n_rna)
-    img_samples = set(img.obs[sample_key].astype(str))
-    rna_samples = pd.unique(rna.obs[sample_key].astype(str))
-    missing = [s for s in rna_samples if s not in img_samples]
-    if len(missing) == len(rna_samples):
-        msg = (
-            f"mdata.mod[{image_mod!r}] and mdata.mod[{rna_mod!r}] share no sample (obs[{sample_key!r}]); "
-            f"e.g. imaging {sorted(img_samples)[:3]} vs RNA {sorted(rna_samples)[:3]}. The modalities are paired "
-            "by sample, so they must use the same sample names."
-        )
-        raise ContractError(msg)
-    if missing:
-        msg = (
-            f"{len(missing)} samples of mdata.mod[{rna_mod!r}] have no imaging cells in mdata.mod[{image_mod!r}] "
-            f"(obs[{sample_key!r}]), e.g. {sorted(missing)[:5]}; every RNA sample needs imaging cells to "
-            "condition on. Subset the RNA modality to samples that were imaged."
-        )
-        raise ContractError(msg)
-    check_unique_obs_names(mdata)

@@ -1,7 +1,8 @@
 """One training template for every morphomu model, in the style of scvi-tools' ``UnsupervisedTrainingMixin``.
 
 A model's public ``train`` keeps its own signature and docstring (its model-specific arguments) and hands
-everything to :meth:`TrainingMixin._run_training`, which runs the same steps for every model:
+its arguments, ``self._run_training(locals())``, to :meth:`TrainingMixin._run_training`, which runs the same
+steps for every model:
 
 1. :meth:`~TrainingMixin._train_args`: fill unset arguments from the preset and check them, before any work;
 2. :class:`~morphomu.train._checkpoint.Checkpointing` from the checkpoint arguments and
@@ -21,14 +22,13 @@ inserted where a docstring says ``{train_core}``.
 from __future__ import annotations
 
 import contextlib
-import os
-import textwrap
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from scvi.train import TrainRunner
 
-__all__ = ["TRAIN_CORE_DOC", "EMATrainingMixin", "TrainingMixin", "train_docstring"]
+from .._docs import doc_params
+
+__all__ = ["SHARED_TRAIN_ARGS", "TRAIN_CORE_DOC", "EMATrainingMixin", "TrainingMixin", "train_docstring"]
 
 #: The parameters of every model's ``train`` (after its model-specific ones), in numpydoc.
 TRAIN_CORE_DOC = """\
@@ -54,53 +54,44 @@ ckpt_path
 **trainer_kwargs
     Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``)."""
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+#: The arguments of every model's ``train`` that the template itself consumes (with ``**trainer_kwargs``);
+#: every other argument of a ``train`` call is the model's own and reaches its hooks in ``args``.
+SHARED_TRAIN_ARGS = (
+    "accelerator",
+    "devices",
+    "strategy",
+    "precision",
+    "checkpoint_dir",
+    "checkpoint_every_n_steps",
+    "ckpt_path",
+)
 
-
-def train_docstring(func: _F) -> _F:
-    """Insert :data:`TRAIN_CORE_DOC` where ``func``'s docstring says ``{train_core}`` (at that indentation)."""
-    doc = func.__doc__ or ""
-    for line in doc.splitlines():
-        if line.strip() == "{train_core}":
-            indent = line[: len(line) - len(line.lstrip())]
-            func.__doc__ = doc.replace(line, textwrap.indent(TRAIN_CORE_DOC, indent))
-            return func
-    msg = f"{func.__qualname__}'s docstring has no {{train_core}} line."
-    raise ValueError(msg)
+#: Inserts :data:`TRAIN_CORE_DOC` where a ``train`` docstring says ``{train_core}``.
+train_docstring = doc_params(train_core=TRAIN_CORE_DOC)
 
 
 class TrainingMixin:
     """The training template (see the module's description); models override the hooks they need."""
 
     _train_runner_cls = TrainRunner
+    #: Per preset, the values of ``train`` arguments left ``None`` (each model sets its table).
+    _train_defaults: dict[str, dict[str, Any]] = {}
+    #: Checks of ``train`` arguments by name (see ``morphomu._validation.check_args``), run before any work.
+    _train_checks: dict[str, Any] = {}
 
-    def _run_training(
-        self,
-        args: dict[str, Any],
-        *,
-        accelerator: str,
-        devices: int | list[int] | str,
-        strategy: str | Any | None,
-        precision: str | int | None,
-        checkpoint_dir: str | os.PathLike | None,
-        checkpoint_every_n_steps: int,
-        ckpt_path: str | os.PathLike | None,
-        trainer_kwargs: dict[str, Any],
-    ) -> None:
-        """Train with the model's arguments ``args`` (its ``train``'s own) and the shared ones."""
+    def _run_training(self, train_args: dict[str, Any], **shared: Any) -> None:
+        """Train with a ``train`` call's arguments: ``locals()`` at its start (model-specific and shared)."""
         from ..train._checkpoint import Checkpointing
 
-        args = self._train_args(dict(args))
-        shared = {
-            "accelerator": accelerator,
-            "devices": devices,
-            "strategy": strategy,
-            "precision": precision,
-            "checkpoint_dir": checkpoint_dir,
-            "checkpoint_every_n_steps": checkpoint_every_n_steps,
-            "ckpt_path": ckpt_path,
-            "trainer_kwargs": trainer_kwargs,
-        }
+        given = {**train_args, **shared}
+        trainer_kwargs = dict(given.pop("trainer_kwargs", None) or {})
+        shared = {name: given.pop(name) for name in SHARED_TRAIN_ARGS}
+        args = self._train_args({k: v for k, v in given.items() if k not in ("self", "__class__")})
+        accelerator, devices = shared["accelerator"], shared["devices"]
+        strategy, precision = shared["strategy"], shared["precision"]
+        checkpoint_dir = shared["checkpoint_dir"]
+        checkpoint_every_n_steps, ckpt_path = shared["checkpoint_every_n_steps"], shared["ckpt_path"]
+        shared["trainer_kwargs"] = trainer_kwargs
         checkpoints = Checkpointing.from_args(
             checkpoint_dir,
             every_n_steps=checkpoint_every_n_steps,
@@ -133,7 +124,13 @@ class TrainingMixin:
 
     # ------------------------------------------------------------------ hooks
     def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The model's ``train`` arguments with unset ones filled from the preset, checked before any work."""
+        """The model's ``train`` arguments checked (``_train_checks``) and, where unset, the preset's values."""
+        from .._validation import check_args
+
+        check_args({k: args[k] for k in self._train_checks if k in args}, self._train_checks)
+        for key, value in self._train_defaults.get(getattr(self, "preset", ""), {}).items():
+            if args.get(key) is None:
+                args[key] = value
         return args
 
     def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +167,22 @@ class EMATrainingMixin(TrainingMixin):
     Training continues from the raw weights of an earlier ``train`` call, with its running average; when
     it ends the module holds the EMA weights (:func:`~morphomu.models._base.finish_ema_training`).
     """
+
+    def _run_config(self, args: dict[str, Any]) -> dict[str, Any]:
+        model: Any = self
+        return {
+            "model": type(self).__name__,
+            "preset": model.preset,
+            **model.sizes,
+            "p_uncond": model.p_uncond,
+            "max_epochs": int(args["max_epochs"]),
+            "batch_size": int(args["batch_size"]),
+            "lr": float(args["lr"]),
+            "weight_decay": args["weight_decay"],
+            "warmup_epochs": args["warmup_epochs"],
+            "ema_decay": args["ema_decay"],
+            "seed": int(args["seed"]),
+        }
 
     def _make_plan(self, args: dict[str, Any]) -> Any:
         model: Any = self

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler, DDPMScheduler
 
-__all__ = ["SCHEDULER_CONFIG", "make_scheduler"]
+__all__ = ["SCHEDULER_CONFIG", "make_scheduler", "training_alphas_cumprod"]
 
 #: The pinned configuration (keys shared by DDIM and DDPM, plus DDIM's own).
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -70,3 +70,16 @@ def make_scheduler(kind: Literal["ddim", "ddpm"] = "ddim", **overrides: Any) -> 
         return DDPMScheduler(**{k: v for k, v in config.items() if k not in _DDIM_ONLY})
     msg = f"kind={kind!r}: choose 'ddim' or 'ddpm'."
     raise ValueError(msg)
+
+
+def training_alphas_cumprod(prediction_type: str) -> Any:
+    """The schedule's ``alpha_bar`` per timestep (float32 tensor) for a network predicting ``prediction_type``.
+
+    Raises ``ValueError`` unless ``prediction_type`` is ``'epsilon'`` (the papers) or ``'v_prediction'``.
+    """
+    import torch
+
+    if prediction_type not in ("epsilon", "v_prediction"):
+        msg = f"prediction_type={prediction_type!r}: choose 'epsilon' (the paper) or 'v_prediction'."
+        raise ValueError(msg)
+    return make_scheduler("ddpm", prediction_type=prediction_type).alphas_cumprod.to(torch.float32)

@@ -34,7 +34,7 @@ from ..nn._adaln import AdaLayerNorm
 from ..nn._attention import Attention, PreNormEncoderLayer
 from ..nn._feedforward import GEGLUFeedForward
 from ..nn._time import TimeEmbedding
-from ._diffusion import make_scheduler
+from ._diffusion import make_scheduler, training_alphas_cumprod
 
 __all__ = ["PHENOSEQ_PRESETS", "ContextEncoder", "CrossCache", "DenoiserBlock", "PhenoSeqModule"]
 
@@ -181,9 +181,7 @@ class PhenoSeqModule(BaseModuleClass):
         prediction_type: str = "epsilon",
     ) -> None:
         super().__init__()
-        if prediction_type not in ("epsilon", "v_prediction"):
-            msg = f"prediction_type={prediction_type!r}: choose 'epsilon' (the paper) or 'v_prediction'."
-            raise ValueError(msg)
+        alphas_cumprod = training_alphas_cumprod(prediction_type)  # checks prediction_type first
         self.prediction_type = prediction_type
         self.n_image_features = n_image_features
         self.n_rna_features = n_rna_features
@@ -215,9 +213,6 @@ class PhenoSeqModule(BaseModuleClass):
         for name, n in (("image", n_image_features), ("rna", n_rna_features)):
             self.register_buffer(f"{name}_mean", torch.zeros(n))
             self.register_buffer(f"{name}_std", torch.ones(n))
-        alphas_cumprod = make_scheduler("ddpm", prediction_type=prediction_type).alphas_cumprod.to(
-            torch.float32
-        )
         self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
 
     @property

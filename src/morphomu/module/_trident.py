@@ -14,6 +14,9 @@ Without RNA (``use_rna=False``, the paper's ablation) there is no condition VAE 
 alone gives the condition vector. A learned null condition (``classifier_free``) replaces the condition
 of a random fraction of training items, enabling classifier-free guidance.
 
+The module also holds the image VAE (``image_vae``, trained separately first), so that one state dict
+carries the whole model; it stays frozen while the two parts above train.
+
 Scale of the two losses: ``L_VAE`` is the negative ELBO divided by the number of genes (mean Gaussian
 NLL per gene + ``beta`` KL / n_genes) and ``L_LDM`` the mean squared error per latent element, so neither
 term swamps the other's gradients through the shared ``z`` whatever the gene count or image size.
@@ -38,9 +41,12 @@ from ..nn._dit import (
     unpatchify,
 )
 from ..nn._time import TimeEmbedding
-from ._diffusion import make_scheduler
+from ._diffusion import make_scheduler, training_alphas_cumprod
 
-__all__ = ["TRIDENT_PRESETS", "ConditionVAE", "TridentDiT", "TridentModule"]
+__all__ = ["IMAGE_VAE", "TRIDENT_PRESETS", "ConditionVAE", "TridentDiT", "TridentModule"]
+
+#: Name of the image VAE's submodule: its tensors are ``image_vae.*`` in the module's state dict.
+IMAGE_VAE = "image_vae"
 
 #: Network sizes per preset. ``paper`` is the paper's DiT-XL/2 (28 layers, width 1152, 16 heads, patch 2
 #: over 64 x 64 x 4 latents of 512 px images); the paper does not give the condition VAE's sizes, so
@@ -243,6 +249,11 @@ class TridentModule(BaseModuleClass):
         Weight of the KL term in ``L_VAE``.
     vae_weight
         Weight of ``L_VAE`` in the total loss (1: the paper's sum).
+    image_vae
+        The image autoencoder whose latents the transformer generates (an
+        :class:`~morphomu.module._image_vae.ImageVAEModule`), held as a submodule so that one state dict
+        carries it. It is trained separately first and frozen here: :meth:`trainable_parameters` leaves it
+        out, and nothing in :meth:`loss` or :meth:`sample` calls it (latents are encoded beforehand).
     **sizes
         ``n_hidden, n_layers, n_heads, patch_size, ff_mult, dropout, n_latent, n_cond_hidden, n_cond_tokens``
         (see :data:`TRIDENT_PRESETS`).
@@ -261,6 +272,7 @@ class TridentModule(BaseModuleClass):
         conditioning: str = "cross_attention",
         beta: float = 1.0,
         vae_weight: float = 1.0,
+        image_vae: nn.Module | None = None,
         n_hidden: int = 1152,
         n_layers: int = 28,
         n_heads: int = 16,
@@ -273,9 +285,7 @@ class TridentModule(BaseModuleClass):
         prediction_type: str = "epsilon",
     ) -> None:
         super().__init__()
-        if prediction_type not in ("epsilon", "v_prediction"):
-            msg = f"prediction_type={prediction_type!r}: choose 'epsilon' (the paper) or 'v_prediction'."
-            raise ValueError(msg)
+        alphas_cumprod = training_alphas_cumprod(prediction_type)  # checks prediction_type first
         self.prediction_type = prediction_type
         self.use_rna = bool(use_rna)
         self.n_genes, self.n_drug = int(n_genes), int(n_drug)
@@ -309,15 +319,18 @@ class TridentModule(BaseModuleClass):
         self.register_buffer("gene_std", torch.ones(max(self.n_genes, 0)))
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
-        alphas_cumprod = make_scheduler("ddpm", prediction_type=prediction_type).alphas_cumprod.to(
-            torch.float32
-        )
         self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+        # registered last, so the parameters of the parts trained here keep their order (optimiser, EMA)
+        self.image_vae = image_vae
 
     @property
     def classifier_free(self) -> bool:
         """Whether a null condition was learned (classifier-free guidance is available)."""
         return self.null_condition is not None
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters Trident trains (and averages): every one but the frozen image VAE's."""
+        return [p for name, p in self.named_parameters() if not name.startswith(f"{IMAGE_VAE}.")]
 
     # ------------------------------------------------------------------ condition
     def encode_condition(

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._docs import SHOW_SAVE_DOC, doc_params
 from .._errors import ContractError, MorphomuError
 from .._threads import keep_torch_threads
 from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
@@ -41,6 +42,7 @@ def _entry(mdata: MuData, key: str, tool: str) -> Mapping[str, Any]:
         raise ContractError(msg) from None
 
 
+@doc_params(show_save=SHOW_SAVE_DOC)
 def fidelity(
     mdata: MuData,
     *,
@@ -62,10 +64,7 @@ def fidelity(
         A column of the fidelity table to order the conditions by (ties broken by specificity).
     ax
         Two Axes to draw into (rank, specificity); a new figure otherwise.
-    show
-        Call :func:`matplotlib.pyplot.show`.
-    save
-        File to save the figure to.
+    {show_save}
 
     Returns
     -------
@@ -117,6 +116,7 @@ def fidelity(
     return axes
 
 
+@doc_params(show_save=SHOW_SAVE_DOC)
 def embedding_overlay(
     mdata: MuData,
     *,
@@ -171,10 +171,7 @@ def embedding_overlay(
         Seed of the cell draws and of UMAP.
     ax
         Axes to draw into.
-    show
-        Call :func:`matplotlib.pyplot.show`.
-    save
-        File to save the figure to.
+    {show_save}
 
     Returns
     -------
@@ -317,6 +314,7 @@ def _classification_frame(data: Any, keys: str | Sequence[str] | None) -> tuple[
     return pd.concat(frames, ignore_index=True), chance
 
 
+@doc_params(show_save=SHOW_SAVE_DOC)
 def classification(
     data: Any,
     *,
@@ -344,10 +342,7 @@ def classification(
         Chance level drawn as a dashed line; default the stored one (1 / number of classes).
     ax
         Axes to draw into.
-    show
-        Call :func:`matplotlib.pyplot.show`.
-    save
-        File to save the figure to.
+    {show_save}
 
     Returns
     -------
@@ -377,6 +372,7 @@ def classification(
     return ax
 
 
+@doc_params(show_save=SHOW_SAVE_DOC)
 def training_history(
     model: Any,
     *,
@@ -396,10 +392,7 @@ def training_history(
         History entries to draw; default all.
     ax
         Axes to draw into.
-    show
-        Call :func:`matplotlib.pyplot.show`.
-    save
-        File to save the figure to.
+    {show_save}
 
     Returns
     -------

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import _constants as C
 from .._core import channel_names
+from .._docs import SHOW_SAVE_DOC, doc_params
 from .._errors import ContractError
 from .._threads import keep_torch_threads
 from .._validation import check_obs_keys, check_rep, get_mod, get_rep
@@ -115,6 +116,7 @@ def _pick(labels: np.ndarray, group: str, n: int, rng: np.random.Generator) -> n
     return np.sort(rng.choice(rows, min(n, rows.size), replace=False)) if rows.size else rows
 
 
+@doc_params(show_save=SHOW_SAVE_DOC)
 def images(
     real: MuData | AnnData,
     generated: str | AnnData | None = C.IMAGE_SYNTHETIC_MOD,
@@ -160,10 +162,7 @@ def images(
         ``'composite'`` or ``'channels'``.
     seed
         Seed of the tile draws.
-    show
-        Call :func:`matplotlib.pyplot.show`.
-    save
-        File to save the figure to.
+    {show_save}
 
     Returns
     -------
@@ -255,6 +254,7 @@ def _features(adata: AnnData, rep: str) -> np.ndarray:
     return get_rep(adata, rep, mod=None, arg="rep", dtype=np.float64)
 
 
+@doc_params(show_save=SHOW_SAVE_DOC)
 def morphology_embedding(
     real: MuData | AnnData,
     generated: str | AnnData = C.IMAGE_SYNTHETIC_MOD,
@@ -311,10 +311,7 @@ def morphology_embedding(
         Seed of the draws and of UMAP.
     ax
         Two Axes (LDA, UMAP); a new figure otherwise.
-    show
-        Call :func:`matplotlib.pyplot.show`.
-    save
-        File to save the figure to.
+    {show_save}
 
     Returns
     -------
@@ -446,6 +443,7 @@ def morphology_embedding(
     return axes
 
 
+@doc_params(show_save=SHOW_SAVE_DOC)
 def readouts(
     real: MuData | AnnData,
     generated: str | AnnData = C.IMAGE_SYNTHETIC_MOD,
@@ -495,10 +493,7 @@ def readouts(
         Passed to the readouts.
     ax
         One Axes per column; a new figure otherwise.
-    show
-        Call :func:`matplotlib.pyplot.show`.
-    save
-        File to save the figure to.
+    {show_save}
 
     Returns
     -------

@@ -16,6 +16,7 @@ from .._core import quiet_lightning
 from .._errors import ContractError, MorphomuError
 from .._uns import store
 from .._validation import check_mudata, check_obs_keys, check_positive_int, check_rep, get_mod
+from ..train._disk_cache import check_cache_options
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -230,12 +231,7 @@ def classify(
     if not seeds or not all(isinstance(s, int | np.integer) for s in seeds):
         msg = f"seeds must be a non-empty sequence of integers, got {seeds!r}."
         raise MorphomuError(msg)
-    if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
-        msg = (
-            f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got {in_memory!r} "
-            f"and {cache_dtype!r}."
-        )
-        raise MorphomuError(msg)
+    check_cache_options(in_memory, cache_dir, cache_dtype)
     test_sets = [test_sets] if isinstance(test_sets, str) else list(test_sets)
     exclude = [exclude] if isinstance(exclude, str) else [str(e) for e in exclude]
     for s in specs:

@@ -26,6 +26,7 @@ validation scores are comparable across epochs and test scores across models.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "ExampleSet",
     "SamplePools",
     "balanced_accuracy_from_confusion",
+    "classification_metrics",
     "draw_offsets",
 ]
 
@@ -353,6 +355,19 @@ def balanced_accuracy_from_confusion(confusion: torch.Tensor) -> float:
     return float(recall.mean())
 
 
+def classification_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Balanced accuracy, macro-F1 and weighted-F1 (scikit-learn), the benchmark's metrics."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return {
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        }
+
+
 class ClassifierTrainingPlan(LossTrainingPlan):
     """AdamW on the cross-entropy; validation balanced accuracy each epoch; the best weights are kept.
 
@@ -392,15 +407,7 @@ class ClassifierTrainingPlan(LossTrainingPlan):
         self._confusion += torch.bincount(idx, minlength=self.n_classes**2).reshape(
             self.n_classes, self.n_classes
         )
-        self.log(
-            "validation_loss",
-            out.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=False,
-            batch_size=out.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
+        self.log_losses("validation", out, prog_bar=False)
 
     def on_validation_epoch_end(self) -> None:
         """Log the balanced accuracy and keep the weights when it improves."""

@@ -64,19 +64,6 @@ class DiffusionTrainingPlan(LossTrainingPlan):
         """Parameters the optimiser and the EMA act on."""
         return [p for p in self.module.parameters() if p.requires_grad]
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Validation loss with the raw weights."""
-        _, _, out = self.forward(batch)
-        self.log(
-            "validation_loss",
-            out.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=out.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
-
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (:func:`~morphomu.train._plan.adamw`) with per-step warm-up + cosine schedule."""
         optimizer = adamw(self, self.trainable())

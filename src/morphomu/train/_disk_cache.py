@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,15 @@ from scipy import sparse
 from .._errors import MorphomuError
 from .._validation import available_memory
 
-__all__ = ["RowCache", "RowReader", "SourceRows", "is_in_memory", "use_disk_cache"]
+__all__ = [
+    "CacheOptions",
+    "RowCache",
+    "RowReader",
+    "SourceRows",
+    "check_cache_options",
+    "is_in_memory",
+    "use_disk_cache",
+]
 
 #: Bytes of source rows read per step while the cache is written (bounds the writer's memory).
 _BLOCK_BYTES = 64 << 20
@@ -56,6 +64,45 @@ _MAX_IO = 1 << 30
 def is_in_memory(matrix: Any) -> bool:
     """Whether a matrix is held in memory (numpy, scipy sparse, pandas, torch) rather than backed on disk."""
     return isinstance(matrix, np.ndarray | pd.DataFrame | torch.Tensor) or sparse.issparse(matrix)
+
+
+class CacheOptions(NamedTuple):
+    """How a model reads a matrix too large for memory: a ``train`` call's caching arguments.
+
+    Attributes
+    ----------
+    in_memory
+        ``True``: load the matrix; ``False``: a :class:`RowCache`; ``None``: decide from the data
+        (:func:`use_disk_cache`).
+    cache_dir
+        Directory of the cache files (``None``: a temporary directory).
+    cache_dtype
+        ``'float32'`` or ``'float16'``.
+    """
+
+    in_memory: bool | None = None
+    cache_dir: str | os.PathLike | None = None
+    cache_dtype: str = "float32"
+
+
+def check_cache_options(
+    in_memory: Any, cache_dir: str | os.PathLike | None, cache_dtype: Any
+) -> CacheOptions:
+    """Check a ``train`` call's caching arguments before any work; return them as :class:`CacheOptions`.
+
+    Raises
+    ------
+    MorphomuError
+        When ``in_memory`` is not ``True``, ``False`` or ``None``, or ``cache_dtype`` is not
+        ``'float32'`` or ``'float16'``.
+    """
+    if in_memory not in (None, True, False) or cache_dtype not in ("float32", "float16"):
+        msg = (
+            f"in_memory must be True, False or None and cache_dtype 'float32' or 'float16', got "
+            f"{in_memory!r} and {cache_dtype!r}."
+        )
+        raise MorphomuError(msg)
+    return CacheOptions(in_memory, cache_dir, cache_dtype)
 
 
 def use_disk_cache(matrix: Any, n_rows: int, *, in_memory: bool | None, memory_fraction: float = 0.5) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
@@ -107,34 +105,9 @@ class TileDataModule(LightningDataModule):
 
 
 class ImageVAETrainingPlan(LossTrainingPlan):
-    """Logs the loss and the reconstruction error per epoch, for training and validation tiles."""
+    """Logs per epoch, for training and validation tiles, the loss, the reconstruction error and the KL term.
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One step: loss + per-epoch ``train_loss``, ``train_reconstruction``, ``train_kl``."""
-        _, _, out = self.forward(batch)
-        self._log("train", out)
-        return out.loss
+    (``train_loss``, ``train_reconstruction``, ``train_kl`` and their ``validation_`` twins.)
+    """
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """``validation_loss``, ``validation_reconstruction``, ``validation_kl`` per epoch."""
-        _, _, out = self.forward(batch)
-        self._log("validation", out)
-
-    def _log(self, stage: str, out: Any) -> None:
-        metrics = {
-            f"{stage}_loss": out.loss,
-            f"{stage}_reconstruction": out.extra_metrics["reconstruction"],
-            f"{stage}_kl": out.extra_metrics["kl"],
-        }
-        for name, value in metrics.items():
-            self.log(
-                name,
-                value,
-                on_step=False,
-                on_epoch=True,
-                prog_bar=name.endswith("loss"),
-                batch_size=out.n_obs_minibatch,
-                sync_dist=self.use_sync_dist,
-            )
-
-
+    logged_metrics = ("reconstruction", "kl")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from scvi.train import TrainingPlan
 
@@ -27,21 +29,42 @@ def adamw(plan: TrainingPlan, params: list[torch.nn.Parameter]) -> torch.optim.A
 
 
 class LossTrainingPlan(TrainingPlan):
-    """A training plan whose step is the module's single loss, logged once per epoch as ``train_loss``.
+    """A training plan whose step is the module's single loss, logged once per epoch.
 
-    scvi-tools' own step also logs ELBO terms (reconstruction, KL) that morphomu's modules do not have.
+    Logs ``train_loss`` / ``validation_loss`` and each scalar of the module's ``extra_metrics`` (separate
+    loss terms) as ``train_{name}`` / ``validation_{name}``. scvi-tools' own steps also log ELBO terms
+    (reconstruction, KL) that morphomu's modules do not all have.
     """
+
+    #: The extra metrics logged (``None``: every scalar one).
+    logged_metrics: tuple[str, ...] | None = None
+
+    def log_losses(self, stage: str, out: Any, *, prog_bar: bool = True) -> None:
+        """Log ``out``'s loss and scalar extra metrics for ``stage`` (``'train'`` / ``'validation'``) per epoch."""
+        wanted = self.logged_metrics
+        extra = {
+            k: v
+            for k, v in (out.extra_metrics or {}).items()
+            if isinstance(v, torch.Tensor) and v.ndim == 0 and (wanted is None or k in wanted)
+        }
+        for name, value in {"loss": out.loss, **extra}.items():
+            self.log(
+                f"{stage}_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=prog_bar and name == "loss",
+                batch_size=out.n_obs_minibatch,
+                sync_dist=self.use_sync_dist,
+            )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss."""
         _, _, out = self.forward(batch)
-        self.log(
-            "train_loss",
-            out.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=out.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
+        self.log_losses("train", out)
         return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """The validation losses."""
+        _, _, out = self.forward(batch)
+        self.log_losses("validation", out)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .._core import keyed_seed
 
-__all__ = ["EpochLoader", "KeyedBatches", "PairedSetDataModule", "epoch_loader"]
+__all__ = ["EpochLoader", "KeyedBatchDataModule", "KeyedBatches", "PairedSetDataModule", "epoch_loader"]
 
 _TRAIN_STREAM, _VAL_STREAM, _ORDER_STREAM = 1, 2, 3
 
@@ -207,7 +207,46 @@ def epoch_loader(dataset: Dataset, *, num_workers: int = 0) -> EpochLoader:
     return EpochLoader(dataset, batch_size=None, sampler=_EpochSampler(dataset), **kwargs)
 
 
-class PairedSetDataModule(LightningDataModule):
+class KeyedBatchDataModule(LightningDataModule):
+    """A data module of :class:`KeyedBatches` train / validation sets, each process drawing its rank's share.
+
+    A subclass builds ``train_set`` / ``val_set`` (``None`` without validation rows) and calls
+    :meth:`_set_rows`; the loaders, DDP ranks and scvi-tools' split indices are handled here.
+    """
+
+    train_set: KeyedBatches
+    val_set: KeyedBatches | None
+
+    def _set_rows(self, train_rows: torch.Tensor, val_rows: torch.Tensor, num_workers: int) -> None:
+        """Record the split (scvi-tools reads ``train_idx`` / ``val_idx``) and the loaders' workers."""
+        self.train_idx = train_rows.numpy()
+        self.val_idx = val_rows.numpy()
+        self.test_idx = np.array([], dtype=np.int64)
+        self.n_train, self.n_val = len(train_rows), len(val_rows)
+        self.num_workers = num_workers
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Which share of every global batch this process draws."""
+        for ds in (self.train_set, self.val_set):
+            if ds is not None:
+                ds.rank, ds.world_size = int(rank), int(world_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read this process's rank from the trainer (each DDP process runs this)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            self.set_rank(trainer.global_rank, trainer.world_size)
+
+    def train_dataloader(self) -> DataLoader:
+        """One epoch of training batches for this rank."""
+        return epoch_loader(self.train_set, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Fixed validation batches for this rank (empty without a validation split)."""
+        return [] if self.val_set is None else epoch_loader(self.val_set, num_workers=self.num_workers)
+
+
+class PairedSetDataModule(KeyedBatchDataModule):
     """Training and validation items for set-conditioned models, drawn by sample.
 
     Parameters
@@ -276,31 +315,4 @@ class PairedSetDataModule(LightningDataModule):
         self.val_set = (
             _SetBatches(rows=val_rows, shuffle=False, stream=_VAL_STREAM, **common) if len(val_rows) else None
         )
-        self.train_idx = train_rows.numpy()
-        self.val_idx = val_rows.numpy()
-        self.test_idx = np.array([], dtype=np.int64)
-        self.n_train, self.n_val = len(train_rows), len(val_rows)
-        self.num_workers = num_workers
-
-    def set_rank(self, rank: int, world_size: int) -> None:
-        """Which share of every global batch this process draws."""
-        for ds in (self.train_set, self.val_set):
-            if ds is not None:
-                ds.rank, ds.world_size = int(rank), int(world_size)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Read this process's rank from the trainer (each DDP process runs this)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            self.set_rank(trainer.global_rank, trainer.world_size)
-
-    def _loader(self, dataset: _SetBatches) -> DataLoader:
-        return epoch_loader(dataset, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        """One epoch of training batches for this rank."""
-        return self._loader(self.train_set)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Fixed validation batches for this rank (empty without a validation split)."""
-        return [] if self.val_set is None else self._loader(self.val_set)
+        self._set_rows(train_rows, val_rows, num_workers)

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 
 from .._core import keyed_seed
+from ..module._trident import IMAGE_VAE
 from ._diffusion_plan import DiffusionTrainingPlan
-from ._set_data import KeyedBatches, epoch_loader
+from ._set_data import KeyedBatchDataModule, KeyedBatches
 
 __all__ = ["TridentDataModule", "TridentTrainingPlan"]
 
 _TRAIN_STREAM, _VAL_STREAM, _ORDER_STREAM = 11, 12, 13
+#: Prefix of the image VAE's tensors in the plan's state dict (and so in a Lightning checkpoint).
+_CHECKPOINT_IMAGE_VAE = f"module.{IMAGE_VAE}."
 
 
 class _LatentBatches(KeyedBatches):
@@ -87,7 +87,7 @@ class _LatentBatches(KeyedBatches):
         return batch
 
 
-class TridentDataModule(LightningDataModule):
+class TridentDataModule(KeyedBatchDataModule):
     """Training and validation batches of cached image latents with their (compound, round) conditions.
 
     Parameters
@@ -156,76 +156,35 @@ class TridentDataModule(LightningDataModule):
             if len(val_rows)
             else None
         )
-        self.train_idx = train_rows.numpy()
-        self.val_idx = val_rows.numpy()
-        self.test_idx = np.array([], dtype=np.int64)
-        self.n_train, self.n_val = len(train_rows), len(val_rows)
-        self.num_workers = num_workers
-
-    def set_rank(self, rank: int, world_size: int) -> None:
-        """Which share of every global batch this process draws."""
-        for ds in (self.train_set, self.val_set):
-            if ds is not None:
-                ds.rank, ds.world_size = int(rank), int(world_size)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Read this process's rank from the trainer (each DDP process runs this)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            self.set_rank(trainer.global_rank, trainer.world_size)
-
-    def train_dataloader(self) -> DataLoader:
-        """One epoch of training batches for this rank."""
-        return epoch_loader(self.train_set, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Fixed validation batches for this rank (empty without a validation split)."""
-        return [] if self.val_set is None else epoch_loader(self.val_set, num_workers=self.num_workers)
+        self._set_rows(train_rows, val_rows, num_workers)
 
 
 class TridentTrainingPlan(DiffusionTrainingPlan):
-    """:class:`DiffusionTrainingPlan` that also logs the module's separate losses (``L_LDM``, ``L_VAE``, ...).
+    """:class:`DiffusionTrainingPlan` for :class:`~morphomu.module._trident.TridentModule`.
 
-    Logged per epoch as ``train_{name}`` and ``validation_{name}`` beside ``train_loss`` / ``validation_loss``.
+    The module's image VAE (trained before, on its own) is frozen: neither optimised nor averaged
+    (:meth:`trainable`), and left out of the checkpoints, which hold what this plan trains (the image VAE
+    has checkpoints of its own). The module's separate losses (``L_LDM``, ``L_VAE``, ...) are logged per
+    epoch as ``train_{name}`` and ``validation_{name}`` beside ``train_loss`` / ``validation_loss``.
     """
 
-    def _log_extra(self, out: Any, prefix: str) -> None:
-        for name, value in (out.extra_metrics or {}).items():
-            if isinstance(value, torch.Tensor) and value.ndim == 0:
-                self.log(
-                    f"{prefix}_{name}",
-                    value,
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=out.n_obs_minibatch,
-                    sync_dist=self.use_sync_dist,
-                )
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimiser and the EMA act on: the module's own, never the image VAE's."""
+        return [p for p in self.module.trainable_parameters() if p.requires_grad]
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimisation step (logs the total and the separate losses)."""
-        _, _, out = self.forward(batch)
-        self.log(
-            "train_loss",
-            out.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=out.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
-        self._log_extra(out, "train")
-        return out.loss
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The average beside the raw weights; the frozen image VAE's tensors are left out."""
+        super().on_save_checkpoint(checkpoint)
+        prefix = _CHECKPOINT_IMAGE_VAE
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(prefix)]:
+            del state[key]
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Validation losses with the raw weights."""
-        _, _, out = self.forward(batch)
-        self.log(
-            "validation_loss",
-            out.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=out.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
-        self._log_extra(out, "validation")
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the average; the image VAE keeps its current (frozen) tensors."""
+        super().on_load_checkpoint(checkpoint)
+        prefix = _CHECKPOINT_IMAGE_VAE
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith(prefix):  # Lightning loads the whole state dict strictly after this hook
+                state[key] = value
