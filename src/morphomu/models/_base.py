@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,14 @@ from typing import Any
 import numpy as np
 from scvi.model.base import BaseModelClass
 
-from .._core import FIELD_REGISTRIES_KEY, MODEL_NAME_KEY, SETUP_ARGS_KEY, SETUP_METHOD_NAME_KEY
+from .._core import (
+    FIELD_REGISTRIES_KEY,
+    MODEL_NAME_KEY,
+    SETUP_ARGS_KEY,
+    SETUP_METHOD_NAME_KEY,
+    quiet_lightning,
+)
+from .._docs import doc_params
 from .._errors import MorphomuError, MorphomuWarning
 from .._io import atomic_path
 from ._format import FORMAT_VERSION, MANIFEST, read_model_files, write_model_files
@@ -23,6 +31,14 @@ __all__ = [
     "finish_ema_training",
     "n_registered_columns",
 ]
+
+
+#: The parameters naming a saved model directory.
+SAVED_DIR_DOC = """\
+dir_path
+    Directory written by :meth:`save`.
+prefix
+    File-name prefix used at save."""
 
 
 def feature_field(key: str, rep: str | None, mod: str) -> Any:
@@ -151,7 +167,8 @@ class MorphomuModel(BaseModelClass):
             setup_method_args=setup_method_args,
             validation_checks=AnnDataManagerValidationCheck(check_fully_paired_mudata=False),
         )
-        manager.register_fields(mdata, **kwargs)
+        with quiet_lightning(level=logging.WARNING):  # scvi-tools' "Generating sequential column names"
+            manager.register_fields(mdata, **kwargs)
         cls.register_manager(manager)
 
     @property
@@ -257,6 +274,7 @@ class MorphomuModel(BaseModelClass):
         return model
 
     @staticmethod
+    @doc_params(saved_dir=SAVED_DIR_DOC)
     def read_manifest(
         dir_path: str | Path, *, prefix: str | None = None, legacy_format: bool = False
     ) -> dict[str, Any]:
@@ -264,10 +282,7 @@ class MorphomuModel(BaseModelClass):
 
         Parameters
         ----------
-        dir_path
-            Directory written by :meth:`save`.
-        prefix
-            File-name prefix used at save.
+        {saved_dir}
         legacy_format
             Admit format 1 (pickled, written by morphomu < 0.2): only for directories from a trusted source.
         """
@@ -311,6 +326,7 @@ class MorphomuModel(BaseModelClass):
         return manifest
 
     @classmethod
+    @doc_params(saved_dir=SAVED_DIR_DOC)
     def check_saved(
         cls, dir_path: str | Path, *, prefix: str | None = None, legacy_format: bool = False
     ) -> dict[str, Any]:
@@ -318,10 +334,7 @@ class MorphomuModel(BaseModelClass):
 
         Parameters
         ----------
-        dir_path
-            Directory written by :meth:`save`.
-        prefix
-            File-name prefix used at save.
+        {saved_dir}
         legacy_format
             Admit format 1 (see :meth:`read_manifest`).
         """
@@ -443,6 +456,7 @@ class MorphomuModel(BaseModelClass):
         return anndata.read_h5ad(str(path))
 
     @staticmethod
+    @doc_params(saved_dir=SAVED_DIR_DOC)
     def load_registry(
         dir_path: str | Path, prefix: str | None = None, *, legacy_format: bool = False
     ) -> dict:
@@ -450,10 +464,7 @@ class MorphomuModel(BaseModelClass):
 
         Parameters
         ----------
-        dir_path
-            Directory written by :meth:`save`.
-        prefix
-            File-name prefix used at save.
+        {saved_dir}
         legacy_format
             Also read format 1 (see :meth:`load`).
         """

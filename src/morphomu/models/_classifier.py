@@ -311,6 +311,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
         ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
         """Train with AdamW and cross-entropy; keep the weights of the best validation balanced accuracy.

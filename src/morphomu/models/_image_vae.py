@@ -313,6 +313,7 @@ class ImageVAE(TrainingMixin, MorphomuModel):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
         ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
         """Train with AdamW on the ``train`` tiles; the reconstruction error is logged every epoch.

@@ -107,3 +107,21 @@ class PairedSetupMixin:
         return n_registered_columns(self.registry_, IMAGE_FIELD), n_registered_columns(
             self.registry_, RNA_FIELD
         )
+
+    def _check_paired_data(self, mdata: Any, keys: dict[str, Any], *, with_rna: bool = True) -> None:
+        """The setup's checks of ``mdata`` under ``keys``, with this model's feature sizes (nothing written).
+
+        ``with_rna=False`` skips the RNA modality (generation with a fixed number of cells needs none).
+        """
+        n_image, n_rna = self._n_features()
+        check_data(
+            mdata,
+            image_mod=keys["image_mod"],
+            rna_mod=keys["rna_mod"] if with_rna else None,
+            image_rep=keys["image_rep"],
+            rna_rep=keys["rna_rep"],
+            sample_key=keys["sample_key"],
+            treatment_key=keys["treatment_key"],
+            n_image=n_image,
+            n_rna=n_rna,
+        )

@@ -27,7 +27,6 @@ from ._phenoseq_checks import (
     GENERATE_CHECKS,
     SIZE_CHECKS,
     TRAIN_CHECKS,
-    check_data,
     check_training_split,
     imaging_fit_rows,
     select_samples,
@@ -298,6 +297,7 @@ class PhenoSeq(PairedSetupMixin, EMATrainingMixin, MorphomuModel):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
         ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
         """Train with AdamW, warm-up + cosine learning rate, gradient clipping 1.0 and EMA weights.
@@ -445,18 +445,7 @@ class PhenoSeq(PairedSetupMixin, EMATrainingMixin, MorphomuModel):
             msg = "the model is not trained; call model.train() first (or PhenoSeq.load a trained one)."
             raise MorphomuError(msg)
         mdata, a = self._paired_data(mdata)
-        n_image, n_rna = self._n_features()
-        check_data(
-            mdata,
-            image_mod=a["image_mod"],
-            rna_mod=a["rna_mod"] if n_cells_per_sample == "match" else None,
-            image_rep=a["image_rep"],
-            rna_rep=a["rna_rep"],
-            sample_key=a["sample_key"],
-            treatment_key=a["treatment_key"],
-            n_image=n_image,
-            n_rna=n_rna,
-        )
+        self._check_paired_data(mdata, a, with_rna=n_cells_per_sample == "match")
         if context not in ("mean", "set"):
             msg = f"context={context!r}: choose 'mean' (one mean token per sample) or 'set' (a random set per cell)."
             raise MorphomuError(msg)

@@ -24,7 +24,7 @@ from .._validation import check_args, check_obs_keys
 from ..module._ridge import RidgeModule
 from ._base import MorphomuModel
 from ._paired import PairedSetupMixin
-from ._phenoseq_checks import check_data, check_n_cells, imaging_fit_rows, select_samples
+from ._phenoseq_checks import check_n_cells, imaging_fit_rows, select_samples
 from ._phenoseq_sampling import cell_layout, generated_rna
 
 if TYPE_CHECKING:
@@ -152,18 +152,8 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
         alphas = check_alphas(alphas)
         a = self.setup_args
         mdata = self.adata
+        self._check_paired_data(mdata, a)
         n_image, n_rna = self._n_features()
-        check_data(
-            mdata,
-            image_mod=a["image_mod"],
-            rna_mod=a["rna_mod"],
-            image_rep=a["image_rep"],
-            rna_rep=a["rna_rep"],
-            sample_key=a["sample_key"],
-            treatment_key=a["treatment_key"],
-            n_image=n_image,
-            n_rna=n_rna,
-        )
         img, rna = mdata.mod[a["image_mod"]], mdata.mod[a["rna_mod"]]
         sk, split_key = a["sample_key"], a["split_key"]
         check_obs_keys(rna, {"split_key": split_key}, mod=a["rna_mod"])
@@ -253,18 +243,7 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
             raise MorphomuError(msg)
         a = self.setup_args
         mdata = self.adata if mdata is None else mdata
-        n_image, n_rna = self._n_features()
-        check_data(
-            mdata,
-            image_mod=a["image_mod"],
-            rna_mod=a["rna_mod"] if n_cells == "match" else None,
-            image_rep=a["image_rep"],
-            rna_rep=a["rna_rep"],
-            sample_key=a["sample_key"],
-            treatment_key=a["treatment_key"],
-            n_image=n_image,
-            n_rna=n_rna,
-        )
+        self._check_paired_data(mdata, a, with_rna=n_cells == "match")
         sk = a["sample_key"]
         img = mdata.mod[a["image_mod"]]
         img_samples = img.obs[sk].astype(str).to_numpy()

@@ -22,10 +22,12 @@ inserted where a docstring says ``{train_core}``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 from scvi.train import TrainRunner
 
+from .._core import quiet_lightning
 from .._docs import doc_params
 
 __all__ = ["SHARED_TRAIN_ARGS", "TRAIN_CORE_DOC", "EMATrainingMixin", "TrainingMixin", "train_docstring"]
@@ -51,6 +53,9 @@ ckpt_path
     ``'last'`` continues the run interrupted in ``checkpoint_dir`` (or starts it when there is no
     checkpoint yet), or a ``.ckpt`` path; the resumed run ends with the same weights as an
     uninterrupted one. Use a fresh model created as the interrupted one was.
+verbose
+    Show Lightning's and scvi-tools' set-up messages (devices, tips, data-loader hints); the progress bar
+    shows either way (``enable_progress_bar=False`` hides it).
 **trainer_kwargs
     Passed to :class:`scvi.train.Trainer` / Lightning (e.g. ``enable_progress_bar=False``)."""
 
@@ -64,6 +69,7 @@ SHARED_TRAIN_ARGS = (
     "checkpoint_dir",
     "checkpoint_every_n_steps",
     "ckpt_path",
+    "verbose",
 )
 
 #: Inserts :data:`TRAIN_CORE_DOC` where a ``train`` docstring says ``{train_core}``.
@@ -107,7 +113,8 @@ class TrainingMixin:
                 kwargs["strategy"] = strategy
             if precision is not None:
                 kwargs["precision"] = precision
-            with self._training_context(args):
+            # Lightning's start-up chatter is hidden inside this call only, unless asked for
+            with quiet_lightning(not shared["verbose"], level=logging.WARNING), self._training_context(args):
                 runner = self._train_runner_cls(
                     self,
                     training_plan=plan,

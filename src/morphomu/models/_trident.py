@@ -365,6 +365,7 @@ class Trident(EMATrainingMixin, MorphomuModel):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = 1000,
         ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
         """Train the condition VAE and the diffusion transformer jointly on cached image latents.
