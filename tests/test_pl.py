@@ -94,6 +94,27 @@ def test_classification_plot(tmp_path):
         mm.pl.classification(results, metric="auroc")
 
 
+@pytest.mark.parametrize("n_keys", [1, 2, 10])
+@pytest.mark.parametrize("test_sets", [["test_we"], ["test_we", "test_he"]])
+def test_classification_plot_keeps_its_axes_readable(n_keys, test_sets):
+    """Long method names and 1-10 keys: the data axes keep at least 40 % of the figure's width."""
+    import matplotlib.pyplot as plt
+
+    results = {
+        f"Image + RNA (synthetic, avgpool k=32) {i}": pd.DataFrame(
+            {"seed": 1, "test_set": test_sets, "balanced_accuracy": 0.2 + 0.01 * i}
+        )
+        for i in range(n_keys)
+    }
+    ax = mm.pl.classification(results, chance=1 / 28)
+    ax.figure.canvas.draw()
+    assert ax.get_position().width >= 0.4
+    assert ax.get_position().height >= 0.4
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[:n_keys] == list(results)
+    plt.close("all")
+
+
 def test_training_history(tmp_path):
     import matplotlib.pyplot as plt
 
@@ -108,6 +129,9 @@ def test_training_history(tmp_path):
         "validation_balanced_accuracy",
     ]
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [2.0, 1.5, 1.0])
+    ax.figure.canvas.draw()
+    ticks = ax.get_xticks()
+    assert np.array_equal(ticks, np.round(ticks))  # whole epochs only
     plt.close("all")
     with pytest.raises(mm.MorphomuError, match="no training history"):
         mm.pl.training_history(object())

@@ -358,16 +358,20 @@ def classification(
         )
         raise MorphomuError(msg)
     chance = stored_chance if chance is None else chance
-    if ax is None:
-        n_methods = frame["method"].nunique()
-        _, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.9 * n_methods * frame["test_set"].nunique() / 2), 4))
+    n_methods = frame["method"].nunique()
+    own_figure = ax is None
+    if own_figure:
+        # the bars set the width; the legend goes below the axes, so long method names never squeeze them
+        n_bars = n_methods * frame["test_set"].nunique()
+        _, ax = plt.subplots(
+            figsize=(max(5.0, 1.5 + 0.5 * n_bars), 4.0 + 0.25 * n_methods), layout="constrained"
+        )
     sns.barplot(data=frame, x="test_set", y=metric, hue="method", errorbar="sd", capsize=0.1, ax=ax)
     if chance is not None:
         ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance ({chance:.3f})")
     ax.set_xlabel("")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")
-    ax.figure.tight_layout()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, fontsize="small")
     _finish(ax.figure, show=show, save=save)
     return ax
 
@@ -399,6 +403,7 @@ def training_history(
     The Axes of the losses (metrics share its x axis on a twin).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     history = model if isinstance(model, Mapping) else getattr(model, "history", None)
     if not isinstance(history, Mapping) or not history:
@@ -431,6 +436,7 @@ def training_history(
     ax.set_ylabel("loss")
     if twin is not None:
         twin.set_ylabel("metric")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax.legend(handles=lines, frameon=False, fontsize="small")
     ax.figure.tight_layout()
     _finish(ax.figure, show=show, save=save)
