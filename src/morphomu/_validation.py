@@ -416,11 +416,11 @@ def get_rep(
     return np.asarray(matrix, dtype=dtype)
 
 
-def check_unique_obs_names(mdata: MuData) -> None:
-    """Raise unless obs_names are unique within and across modalities."""
+def check_unique_obs_names(mdata: MuData, *, mods: Sequence[str] | None = None) -> None:
+    """Raise unless obs_names are unique within and across modalities (``mods``; default all of them)."""
     seen: dict[str, str] = {}
-    for mod, adata in mdata.mod.items():
-        names = adata.obs_names
+    for mod in mdata.mod if mods is None else mods:
+        names = mdata.mod[mod].obs_names
         if not names.is_unique:
             dup = names[names.duplicated()].unique()[:5].tolist()
             msg = f"mdata.mod[{mod!r}].obs_names are not unique (e.g. {dup}); call .obs_names_make_unique()."

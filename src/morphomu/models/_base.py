@@ -22,7 +22,7 @@ from .._core import (
 from .._docs import doc_params
 from .._errors import MorphomuError, MorphomuWarning
 from .._io import atomic_path
-from ._format import FORMAT_VERSION, MANIFEST, read_model_files, write_model_files
+from ._format import FORMAT_VERSION, MANIFEST, read_manifest_file, read_model_files, write_model_files
 
 __all__ = [
     "FORMAT_VERSION",
@@ -298,13 +298,8 @@ class MorphomuModel(BaseModelClass):
                 f"(or prefix={prefix!r} differs from the one used to save)."
             )
             raise MorphomuError(msg)
-        try:
-            manifest = json.loads(path.read_text())
-            str(manifest["model"])
-            saved_format = int(manifest["format_version"])
-        except (ValueError, KeyError, TypeError) as e:
-            msg = f"{path} is not a valid morphomu model manifest ({e})."
-            raise MorphomuError(msg) from None
+        manifest = read_manifest_file(path)
+        saved_format = manifest["format_version"]
         if saved_format > FORMAT_VERSION:
             msg = (
                 f"dir_path={str(dir_path)!r} was saved by morphomu {manifest.get('morphomu_version', '?')} in model "

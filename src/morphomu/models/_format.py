@@ -42,6 +42,7 @@ __all__ = [
     "decode",
     "encode",
     "read_legacy_model_file",
+    "read_manifest_file",
     "read_model_files",
     "write_model_files",
 ]
@@ -371,6 +372,18 @@ def _read_safetensors_files(
     return state_dict, decode(var_names, where=f"{attributes_path.name}: var_names"), decoded
 
 
+def read_manifest_file(path: Path) -> dict[str, Any]:
+    """A manifest's contents, refused unless it names a model class and an integer format version."""
+    try:
+        manifest = json.loads(path.read_text())
+        str(manifest["model"])
+        manifest["format_version"] = int(manifest["format_version"])
+    except (ValueError, KeyError, TypeError) as e:
+        msg = f"{path} is not a valid morphomu model manifest ({e})."
+        raise MorphomuError(msg) from None
+    return manifest
+
+
 def _merge_sub_models(
     dir_path: Path,
     prefix: str | None,
@@ -395,11 +408,7 @@ def _merge_sub_models(
         if f"{name}_" in attributes:
             msg = f"dir_path={str(dir_path)!r}: its sub-model {entry.name}/ clashes with the saved attribute {name}_."
             raise MorphomuError(msg)
-        try:
-            found = int(json.loads((entry / MANIFEST).read_text())["format_version"])
-        except (ValueError, KeyError, TypeError) as e:
-            msg = f"{entry / MANIFEST} is not a valid morphomu model manifest ({e})."
-            raise MorphomuError(msg) from None
+        found = int(read_manifest_file(entry / MANIFEST)["format_version"])
         if found != format_version:
             msg = (
                 f"dir_path={str(dir_path)!r} is of model format {format_version} but its sub-model {entry.name}/ "

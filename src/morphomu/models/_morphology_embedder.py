@@ -11,10 +11,18 @@ import pandas as pd
 from .. import _constants as C
 from .._core import featurize_smiles, read_rows, rep_matrix
 from .._errors import ContractError, MorphomuError
-from .._validation import check_args, check_mudata, check_obs_keys, check_positive_int, check_rep, get_mod
+from .._validation import (
+    check_args,
+    check_mudata,
+    check_obs_keys,
+    check_positive_int,
+    check_rep,
+    check_unique_obs_names,
+    get_mod,
+)
 from ._base import feature_field, n_registered_columns
 from ._phenoseq import PhenoSeq
-from ._phenoseq_checks import GENERATE_CHECKS
+from ._phenoseq_checks import GENERATE_CHECKS, check_context_cells
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -70,22 +78,15 @@ def _compound_features(rna: AnnData, keys: dict[str, Any], *, mod: str) -> pd.Da
 
 def _check_rna(rna: AnnData, keys: dict[str, Any], *, n_rna: int | None) -> None:
     """Checks of the RNA modality (the context): cells, keys, representation, one treatment per sample."""
-    mod = keys["rna_mod"]
-    if rna.n_obs == 0:
-        msg = f"mdata.mod[{mod!r}] has no cells."
-        raise ContractError(msg)
-    check_obs_keys(rna, {"sample_key": keys["sample_key"], "treatment_key": keys["treatment_key"]}, mod=mod)
-    check_rep(rna, keys["rna_rep"], mod=mod, arg="rna_rep", n_features=n_rna)
-    treatments = rna.obs.groupby(rna.obs[keys["sample_key"]].astype(str), observed=True)[
-        keys["treatment_key"]
-    ]
-    n_treat = treatments.nunique()
-    if (n_treat > 1).any():
-        msg = (
-            f"samples {list(n_treat.index[n_treat > 1][:5])} of mdata.mod[{mod!r}] have several treatments "
-            f"(obs[{keys['treatment_key']!r}]); a sample must be one treated unit."
-        )
-        raise ContractError(msg)
+    check_context_cells(
+        rna,
+        mod=keys["rna_mod"],
+        rep=keys["rna_rep"],
+        rep_arg="rna_rep",
+        sample_key=keys["sample_key"],
+        treatment_key=keys["treatment_key"],
+        n_features=n_rna,
+    )
 
 
 def _target_rows(img: AnnData, rna: AnnData, keys: dict[str, Any]) -> np.ndarray:
@@ -383,18 +384,7 @@ class MorphologyEmbedder(PhenoSeq):
             raise ContractError(msg)
         check_obs_keys(img, {"sample_key": sample_key, "treatment_key": treatment_key}, mod=image_mod)
         check_rep(img, image_rep, mod=image_mod, arg="image_rep", n_features=n_image)
-        for mod, adata in ((image_mod, img), (rna_mod, rna)):
-            if not adata.obs_names.is_unique:
-                msg = f"mdata.mod[{mod!r}].obs_names are not unique; call .obs_names_make_unique()."
-                raise ContractError(msg)
-        shared = img.obs_names.intersection(rna.obs_names)
-        if len(shared):
-            msg = (
-                f"obs_names {list(shared[:3])} are in both mdata.mod[{image_mod!r}] and "
-                f"mdata.mod[{rna_mod!r}]; obs_names must be unique across modalities (prefix them per "
-                "modality)."
-            )
-            raise ContractError(msg)
+        check_unique_obs_names(mdata, mods=(image_mod, rna_mod))
 
         cls._register_mudata(
             mdata,

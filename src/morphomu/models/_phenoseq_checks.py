@@ -29,6 +29,7 @@ __all__ = [
     "GENERATE_CHECKS",
     "SIZE_CHECKS",
     "TRAIN_CHECKS",
+    "check_context_cells",
     "check_data",
     "check_n_cells",
     "check_training_split",
@@ -80,6 +81,34 @@ GENERATE_CHECKS: dict[str, Any] = {
 }
 
 
+def check_context_cells(
+    adata: Any,
+    *,
+    mod: str,
+    rep: str | None,
+    rep_arg: str,
+    sample_key: str,
+    treatment_key: str,
+    n_features: int | None = None,
+) -> None:
+    """Checks of the modality whose cells condition the diffusion, one treatment per sample included.
+
+    ``rep_arg`` names the representation's argument in errors; ``n_features`` is the trained width.
+    """
+    if adata.n_obs == 0:
+        msg = f"mdata.mod[{mod!r}] has no cells."
+        raise ContractError(msg)
+    check_obs_keys(adata, {"sample_key": sample_key, "treatment_key": treatment_key}, mod=mod)
+    check_rep(adata, rep, mod=mod, arg=rep_arg, n_features=n_features)
+    n_treat = adata.obs.groupby(adata.obs[sample_key].astype(str), observed=True)[treatment_key].nunique()
+    if (n_treat > 1).any():
+        msg = (
+            f"samples {list(n_treat.index[n_treat > 1][:5])} of mdata.mod[{mod!r}] have several treatments "
+            f"(obs[{treatment_key!r}]); a sample must be one treated unit."
+        )
+        raise ContractError(msg)
+
+
 def check_data(
     mdata: Any,
     *,
@@ -95,18 +124,15 @@ def check_data(
     """All input checks of PhenoSeq (nothing is written)."""
     check_mudata(mdata)
     img = get_mod(mdata, image_mod, arg="image_mod")
-    if img.n_obs == 0:
-        msg = f"mdata.mod[{image_mod!r}] has no cells."
-        raise ContractError(msg)
-    check_obs_keys(img, {"sample_key": sample_key, "treatment_key": treatment_key}, mod=image_mod)
-    check_rep(img, image_rep, mod=image_mod, arg="image_rep", n_features=n_image)
-    n_treat = img.obs.groupby(img.obs[sample_key].astype(str), observed=True)[treatment_key].nunique()
-    if (n_treat > 1).any():
-        msg = (
-            f"samples {list(n_treat.index[n_treat > 1][:5])} of mdata.mod[{image_mod!r}] have several treatments "
-            f"(obs[{treatment_key!r}]); a sample must be one treated unit."
-        )
-        raise ContractError(msg)
+    check_context_cells(
+        img,
+        mod=image_mod,
+        rep=image_rep,
+        rep_arg="image_rep",
+        sample_key=sample_key,
+        treatment_key=treatment_key,
+        n_features=n_image,
+    )
     if rna_mod is None:
         return
     rna = get_mod(mdata, rna_mod, arg="rna_mod")

@@ -151,8 +151,7 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
 
         alphas = check_alphas(alphas)
         a = self.setup_args
-        mdata = self.adata
-        self._check_paired_data(mdata, a)
+        mdata = self.adata  # checked by setup_mudata, as for PhenoSeq's training
         n_image, n_rna = self._n_features()
         img, rna = mdata.mod[a["image_mod"]], mdata.mod[a["rna_mod"]]
         sk, split_key = a["sample_key"], a["split_key"]

@@ -85,34 +85,28 @@ class TrainingMixin:
     #: Checks of ``train`` arguments by name (see ``morphomu._validation.check_args``), run before any work.
     _train_checks: dict[str, Any] = {}
 
-    def _run_training(self, train_args: dict[str, Any], **shared: Any) -> None:
+    def _run_training(self, train_args: dict[str, Any]) -> None:
         """Train with a ``train`` call's arguments: ``locals()`` at its start (model-specific and shared)."""
         from ..train._checkpoint import Checkpointing
 
-        given = {**train_args, **shared}
+        given = dict(train_args)
         trainer_kwargs = dict(given.pop("trainer_kwargs", None) or {})
         shared = {name: given.pop(name) for name in SHARED_TRAIN_ARGS}
         args = self._train_args({k: v for k, v in given.items() if k not in ("self", "__class__")})
-        accelerator, devices = shared["accelerator"], shared["devices"]
-        strategy, precision = shared["strategy"], shared["precision"]
-        checkpoint_dir = shared["checkpoint_dir"]
-        checkpoint_every_n_steps, ckpt_path = shared["checkpoint_every_n_steps"], shared["ckpt_path"]
-        shared["trainer_kwargs"] = trainer_kwargs
         checkpoints = Checkpointing.from_args(
-            checkpoint_dir,
-            every_n_steps=checkpoint_every_n_steps,
-            ckpt_path=ckpt_path,
+            shared["checkpoint_dir"],
+            every_n_steps=shared["checkpoint_every_n_steps"],
+            ckpt_path=shared["ckpt_path"],
             config=self._run_config(args),
         )
-        args = {**args, **shared}
+        args = {**args, **shared, "trainer_kwargs": trainer_kwargs}
         datamodule = self._make_datamodule(args)
         try:
             plan = self._make_plan(args)
             kwargs = {**self._trainer_defaults(args, datamodule), **trainer_kwargs}
-            if strategy is not None:
-                kwargs["strategy"] = strategy
-            if precision is not None:
-                kwargs["precision"] = precision
+            for name in ("strategy", "precision"):  # given ones override the model's defaults
+                if shared[name] is not None:
+                    kwargs[name] = shared[name]
             # Lightning's start-up chatter is hidden inside this call only, unless asked for
             with quiet_lightning(not shared["verbose"], level=logging.WARNING), self._training_context(args):
                 runner = self._train_runner_cls(
@@ -120,8 +114,8 @@ class TrainingMixin:
                     training_plan=plan,
                     data_splitter=datamodule,
                     max_epochs=int(args["max_epochs"]),
-                    accelerator=accelerator,
-                    devices=devices,
+                    accelerator=shared["accelerator"],
+                    devices=shared["devices"],
                     **checkpoints.trainer_kwargs(kwargs),
                 )
                 runner()

@@ -92,6 +92,7 @@ def train_image_vae(image_vae: ImageVAE, args: Mapping[str, Any]) -> None:
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "image_vae",
         checkpoint_every_n_steps=args["checkpoint_every_n_steps"],
         ckpt_path=None if ckpt_path is None else "last",
+        verbose=args["verbose"],
         **{k: v for k, v in args["trainer_kwargs"].items() if k in _SHARED_TRAINER_KWARGS},
     )
 
