@@ -50,7 +50,7 @@ def test_report_tables_hold_our_numbers_beside_the_papers():
             "simulated": True,
             "data": "sim",
             "preset": "tiny",
-            "classifier_hparams": "tiny",
+            "classifier_preset": "tiny",
             "seeds": [1, 2],
             "cv": False,
         },
@@ -71,6 +71,15 @@ def test_report_tables_hold_our_numbers_beside_the_papers():
     }
     report = render_rna_report(results, classification=classification, fidelity_table=table)
     assert "**Simulated data.**" in report and "not comparable" in report
+    assert "classifier preset `tiny`" in report
+    # results.json written before the rename names the classifier's preset classifier_hparams
+    config = {
+        ("classifier_hparams" if k == "classifier_preset" else k): v for k, v in results["config"].items()
+    }
+    former = render_rna_report(
+        {**results, "config": config}, classification=classification, fidelity_table=table
+    )
+    assert former == report
     # Image (real), single: WE accuracies 0.19 and 0.21 -> 0.200 ± 0.014; the paper's 0.270 beside it
     assert (
         "| Image (real) | 0.200 ± 0.014 | 0.270 | 0.180 ± 0.014 | 0.258 | 0.150 ± 0.014 | 0.206 |" in report
@@ -81,6 +90,34 @@ def test_report_tables_hold_our_numbers_beside_the_papers():
     assert "| ridge baseline | 0.500 | 0.600 | 2 | 0.900 | 0.100 | – |" in report
     assert report.index("| DMSO | 1 |") < report.index("| B | 2 |") < report.index("| A | 3 |")
     assert gap_recovered(classification, cv=False)["test_we"] == pytest.approx(4 / 3)
+
+
+@pytest.mark.parametrize("config", [mm.benchmark.RnaBenchmarkConfig, mm.benchmark.MorphologyBenchmarkConfig])
+def test_benchmark_configs_take_the_former_classifier_hparams_with_a_warning(config):
+    with pytest.warns(
+        FutureWarning, match=rf"{config.__name__}: classifier_hparams= was renamed to classifier_preset="
+    ):
+        former = config(classifier_hparams="paper", preset="tiny")
+    assert former == config(classifier_preset="paper", preset="tiny")
+    assert former.classifier_preset == "paper" and "classifier_hparams" not in vars(former)
+
+
+def test_the_rna_benchmark_passes_the_papers_seeds_and_splits_explicitly(monkeypatch):
+    """Its numbers do not depend on tl.classify's or TreatmentClassifier.train's defaults."""
+    from morphomu.benchmark import _rna
+
+    calls = []
+    monkeypatch.setattr(mm.tl, "classify", lambda mdata, **kw: calls.append(kw) or _fake_frame())
+    config = mm.benchmark.RnaBenchmarkConfig(classifier_preset="tiny")
+    _rna._classify_rows(
+        None, config, methods=["Image (real)"], settings=["single"], seeds=config.seeds, synthetic="x"
+    )
+    assert calls[0]["seeds"] == (12345, 42, 1234, 99, 7)
+    assert tuple(calls[0]["splits"]) == ("test_we", "test_he") and calls[0]["preset"] == "tiny"
+
+
+def _fake_frame():
+    return pd.DataFrame({"seed": [1], "test_set": ["test_we"], "balanced_accuracy": [0.5]})
 
 
 def test_mean_std_of_one_run_has_no_spread():
@@ -143,7 +180,7 @@ def test_benchmark_cli_end_to_end(tmp_path):
         "2",
         "--seeds",
         "12345",
-        "--classifier-hparams",
+        "--classifier-preset",
         "tiny",
         "--n-steps",
         "4",
@@ -165,6 +202,7 @@ def test_benchmark_cli_end_to_end(tmp_path):
         assert section in report
     assert "**Simulated data.**" in report  # recognised from the simulator's ground truth in uns
     results = json.loads((out / "results.json").read_text())
+    assert results["config"]["classifier_preset"] == "tiny"  # from --classifier-preset
     frame = pd.DataFrame(results["classification"])
     assert len(frame) == 10 * 2  # ten settings x one seed x two test sets
     assert frame["balanced_accuracy"].between(0, 1).all()

@@ -26,7 +26,7 @@ def images_h5mu(tmp_path_factory):
 def test_morphology_benchmark_writes_report(images_h5mu, tmp_path, capsys):
     out = tmp_path / "run"
     options = ["--data", str(images_h5mu), "--out", str(out)]
-    options += ["--preset", "tiny", "--max-epochs", "2", "--n-steps", "4", "--classifier-hparams", "tiny"]
+    options += ["--preset", "tiny", "--max-epochs", "2", "--n-steps", "4", "--classifier-preset", "tiny"]
     assert main(["benchmark", "morphology", *options]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = results["image_metrics"]

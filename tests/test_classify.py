@@ -100,7 +100,7 @@ def paper_sized():
 )
 def test_table6_architectures(paper_sized, setting, inputs):
     mm.models.TreatmentClassifier.setup_mudata(paper_sized, inputs=inputs)
-    model = mm.models.TreatmentClassifier(paper_sized, setting=setting, hparams="paper")
+    model = mm.models.TreatmentClassifier(paper_sized, setting=setting, preset="paper")
     assert len(model.classes_) == 28 and "DMSO" not in model.classes_
     shapes = _linears(model.module)
     if isinstance(inputs, list):
@@ -210,7 +210,7 @@ def test_single_profile_separable_data_reaches_one_and_metrics_match_sklearn(tmp
     mdata = make_mdata(signal=6.0)
     mm.models.TreatmentClassifier.setup_mudata(mdata, inputs=("rna", "X_scgpt"))
     torch.manual_seed(0)
-    model = mm.models.TreatmentClassifier(mdata, setting="single", hparams=TINY)
+    model = mm.models.TreatmentClassifier(mdata, setting="single", preset=TINY)
     model.train(progress=False, accelerator="cpu", seed=1)
     scores = model.evaluate()
     assert list(scores.index) == ["test_we", "test_he"]
@@ -227,7 +227,7 @@ def test_single_profile_separable_data_reaches_one_and_metrics_match_sklearn(tmp
     # a weaker model, so the metrics differ from each other and from 1
     mdata2 = make_mdata(signal=0.7, seed=3)
     mm.models.TreatmentClassifier.setup_mudata(mdata2, inputs=("rna", "X_scgpt"))
-    weak = mm.models.TreatmentClassifier(mdata2, setting="single", hparams={**TINY, "max_epochs": 3})
+    weak = mm.models.TreatmentClassifier(mdata2, setting="single", preset={**TINY, "max_epochs": 3})
     weak.train(progress=False, accelerator="cpu")
     pred = weak.predict(split="test_we")
     got = weak.evaluate(splits="test_we").iloc[0]
@@ -249,7 +249,7 @@ def test_noise_is_near_chance():
         mdata,
         inputs=("img", "X_vit"),
         seeds=(0,),
-        hparams={**TINY, "max_epochs": 4},
+        preset={**TINY, "max_epochs": 4},
         progress=False,
         accelerator="cpu",
         inplace=False,
@@ -266,7 +266,7 @@ def test_classify_dual_multi_profile_results_summary_and_h5mu(tmp_path):
         setting="multi",
         k=4,
         seeds=(1, 2),
-        hparams=TINY,
+        preset=TINY,
         progress=False,
         accelerator="cpu",
         key_added="clf",
@@ -312,7 +312,7 @@ def test_classify_cross_validation_keeps_the_split_column():
         mdata,
         inputs=("rna", "X_scgpt"),
         cv=True,
-        hparams={**TINY, "max_epochs": 3},
+        preset={**TINY, "max_epochs": 3},
         progress=False,
         accelerator="cpu",
         inplace=False,
@@ -330,7 +330,7 @@ def test_classify_cross_validation_keeps_the_split_column():
 # ---------------------------------------------------------------------------------------------------
 def test_bad_input_is_refused_before_training():
     mdata = make_mdata()
-    kw = {"progress": False, "hparams": TINY}
+    kw = {"progress": False, "preset": TINY}
     with pytest.raises(mm.ContractError, match="not a modality"):
         mm.tl.classify(mdata, inputs=("rna_synthetic", "X_scgpt"), **kw)
     with pytest.raises(mm.ContractError, match="obsm"):
@@ -342,11 +342,11 @@ def test_bad_input_is_refused_before_training():
     with pytest.raises(mm.MorphomuError, match="setting"):
         mm.tl.classify(mdata, inputs=("rna", "X_scgpt"), setting="pairs", **kw)
     with pytest.raises(mm.MorphomuError, match="preset 'huge'"):
-        mm.tl.classify(mdata, inputs=("rna", "X_scgpt"), progress=False, hparams="huge")
+        mm.tl.classify(mdata, inputs=("rna", "X_scgpt"), progress=False, preset="huge")
     with pytest.raises(mm.MorphomuError, match="unknown keys"):
         resolve_hparams({"learning_rate": 1.0}, "single", "rna")
-    with pytest.raises(mm.ContractError, match="target"):
-        mm.tl.classify(mdata, inputs=("rna", "X_scgpt"), target="compound", **kw)
+    with pytest.raises(mm.ContractError, match="treatment_key=.compound."):
+        mm.tl.classify(mdata, inputs=("rna", "X_scgpt"), treatment_key="compound", **kw)
     with pytest.raises(mm.MorphomuError, match="folds"):
         mm.tl.classify(mdata, inputs=("rna", "X_scgpt"), cv=True, folds=(4,), **kw)
     # a single class in train
@@ -372,7 +372,7 @@ def test_cache_options_are_checked_and_kept_for_prediction(tmp_path):
     preds = {}
     for in_memory in (True, False):
         torch.manual_seed(0)
-        model = mm.models.TreatmentClassifier(mdata, hparams=TINY)
+        model = mm.models.TreatmentClassifier(mdata, preset=TINY)
         assert model._cache_options == CacheOptions()
         for bad in ({"in_memory": "no"}, {"cache_dtype": "int8"}):
             with pytest.raises(mm.MorphomuError, match="cache_dtype"):
@@ -383,3 +383,179 @@ def test_cache_options_are_checked_and_kept_for_prediction(tmp_path):
         preds[in_memory] = model.predict(split="val")
         assert len(model._row_caches) == (0 if in_memory else 1)
     pd.testing.assert_frame_equal(preds[True], preds[False])
+
+
+# ---------------------------------------------------------------------------------------------------
+# renamed arguments, models saved before the renames, keys that follow the data
+# ---------------------------------------------------------------------------------------------------
+QUICK = {"preset": "tiny", "max_epochs": 2, "batch_size": 32, "lr": 1e-2}
+
+
+def _trained(mdata, *, old: str | None = None, **train):
+    """A tiny classifier on rna, set up and built with the current names or with the former one ``old``."""
+    setup = {"target_key": "treatment"} if old == "target_key" else {"treatment_key": "treatment"}
+    mm.models.TreatmentClassifier.setup_mudata(mdata, inputs=("rna", "X_scgpt"), **setup)
+    torch.manual_seed(0)
+    init = {"hparams": QUICK} if old == "hparams" else {"preset": QUICK}
+    model = mm.models.TreatmentClassifier(mdata, setting="single", **init)
+    model.train(progress=False, accelerator="cpu", **train)
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference():
+    mdata = make_mdata(signal=1.0, seed=7)
+    model = _trained(mdata, seed=3)
+    return mdata, model.predict(split="test_we")
+
+
+@pytest.mark.parametrize(("old", "new"), [("target_key", "treatment_key"), ("hparams", "preset")])
+def test_classifier_former_argument_names_warn_and_give_the_same_model(reference, old, new):
+    mdata, expected = reference
+    mdata = mdata.copy()
+    with pytest.warns(FutureWarning, match=rf"{old}= was renamed to {new}="):
+        model = _trained(mdata, old=old, seed=3)
+    assert model.setup_args["treatment_key"] == "treatment" and "target_key" not in model.setup_args
+    assert "preset" in model.init_params_["non_kwargs"] and "hparams" not in model.init_params_["non_kwargs"]
+    pd.testing.assert_frame_equal(model.predict(split="test_we"), expected)
+    with pytest.raises(mm.MorphomuError, match=rf"pass {new}= only"):
+        if old == "hparams":
+            mm.models.TreatmentClassifier(mdata, hparams="tiny", preset="tiny")
+        else:
+            mm.models.TreatmentClassifier.setup_mudata(
+                mdata, inputs=("rna", "X_scgpt"), target_key="treatment", treatment_key="treatment"
+            )
+
+
+def test_train_seed_defaults_to_zero(reference):
+    import inspect
+
+    assert inspect.signature(mm.models.TreatmentClassifier.train).parameters["seed"].default == 0
+    mdata, _ = reference
+    mdata = mdata.copy()
+    default = _trained(mdata).predict(split="test_we")
+    pd.testing.assert_frame_equal(_trained(mdata, seed=0).predict(split="test_we"), default)
+
+
+def _rename_saved(path, init: dict[str, str], setup: dict[str, str]) -> None:
+    """Rewrite a save's attributes.json under the former names, in the places and order they had."""
+    import json
+
+    file = path / "attributes.json"
+    body = json.loads(file.read_text())
+    attributes = body["attributes"]
+
+    def renamed(d: dict, names: dict[str, str]) -> dict:
+        return {names.get(k, k): v for k, v in d.items()}
+
+    attributes["init_params_"]["non_kwargs"] = renamed(attributes["init_params_"]["non_kwargs"], init)
+    registry = attributes["registry_"]
+    registry["setup_args"] = renamed(registry["setup_args"], setup)
+    file.write_text(json.dumps(body))
+
+
+def test_a_model_saved_before_the_renames_loads_silently(reference, tmp_path):
+    mdata, expected = reference
+    mdata = mdata.copy()
+    model = _trained(mdata, seed=3)
+    model.save(tmp_path / "model")
+    _rename_saved(tmp_path / "model", {"preset": "hparams"}, {"treatment_key": "target_key"})
+    registry = mm.models.TreatmentClassifier.load_registry(tmp_path / "model")
+    assert registry["setup_args"]["target_key"] == "treatment"  # the save really is in the former names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the user passed nothing: no warning
+        loaded = mm.models.TreatmentClassifier.load(tmp_path / "model", adata=mdata, accelerator="cpu")
+    assert loaded.setup_args["treatment_key"] == "treatment"
+    assert loaded.init_params_["non_kwargs"]["preset"] == QUICK
+    assert loaded.hparams == model.hparams
+    pd.testing.assert_frame_equal(loaded.predict(split="test_we"), expected)
+    # and it saves again under the current names
+    loaded.save(tmp_path / "again")
+    again = mm.models.TreatmentClassifier.load_registry(tmp_path / "again")
+    assert again["setup_args"]["treatment_key"] == "treatment" and "target_key" not in again["setup_args"]
+
+
+CLASSIFY = {"inputs": ("rna", "X_scgpt"), "seeds": (3,), "progress": False, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def classified():
+    mdata = make_mdata(signal=1.0, seed=8)
+    return mdata, mm.tl.classify(mdata, preset=QUICK, inplace=False, **CLASSIFY)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [
+        ("target", "treatment_key", "treatment"),
+        ("test_sets", "splits", ("test_we", "test_he")),
+        ("hparams", "preset", QUICK),
+    ],
+)
+def test_classify_former_argument_names_warn_and_give_the_same_results(classified, old, new, value):
+    mdata, expected = classified
+    kwargs = {"preset": QUICK, **CLASSIFY, old: value}
+    if old == "hparams":
+        del kwargs["preset"]
+    with pytest.warns(FutureWarning, match=rf"classify: {old}= was renamed to {new}="):
+        got = mm.tl.classify(mdata, inplace=False, **kwargs)
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_classify_splits_test_means_every_label_but_train_and_val_in_category_order(classified):
+    mdata, expected = classified
+    assert expected["test_set"].tolist() == ["test_we", "test_he"]  # the default, splits="test"
+    one = mm.tl.classify(mdata, preset=QUICK, splits="test_he", inplace=False, **CLASSIFY)
+    pd.testing.assert_frame_equal(one, expected[expected["test_set"] == "test_he"].reset_index(drop=True))
+    # an own design: other test labels, in the column's category order (not alphabetical)
+    own = mdata.copy()
+    split = own["rna"].obs["split"].astype(str).replace({"test_we": "later", "test_he": "earlier"})
+    own["rna"].obs["split"] = pd.Categorical(split, categories=["train", "val", "later", "earlier"])
+    got = mm.tl.classify(own, preset=QUICK, inplace=False, **CLASSIFY)
+    assert got["test_set"].tolist() == ["later", "earlier"]
+    np.testing.assert_allclose(got["balanced_accuracy"], expected["balanced_accuracy"])
+    with pytest.raises(mm.ContractError, match="splits='test'.*no label besides"):
+        none = mdata.copy()
+        none["rna"].obs["split"] = (
+            none["rna"].obs["split"].astype(str).replace({"test_we": "train", "test_he": "val"})
+        )
+        mm.tl.classify(none, preset=QUICK, **CLASSIFY)
+    with pytest.raises(mm.MorphomuError, match="splits must be"):
+        mm.tl.classify(mdata, preset=QUICK, splits=[1, 2], **CLASSIFY)
+
+
+def test_classify_keys_follow_the_data_and_are_recorded_under_their_names(classified):
+    """An input generated by a step that recorded its keys: classify takes them, the caller's win."""
+    from morphomu._uns import store
+
+    mdata, expected = classified
+    mdata = mdata.copy()
+    names = {"treatment": "compound", "sample": "well", "split": "part"}
+    for mod in ("img", "rna"):
+        mdata[mod].obs = mdata[mod].obs.rename(columns=names)
+    mdata.mod["rna_synthetic"] = mdata["rna"].copy()
+    mdata["rna_synthetic"].obs_names = [f"syn_{n}" for n in mdata["rna"].obs_names]
+    mdata.update()
+    keys = {"treatment_key": "compound", "sample_key": "well", "split_key": "part"}
+    params = {"rna_mod": "rna", "rna_rep": "X_scgpt", "image_mod": "img", "image_rep": "X_vit", **keys}
+    store(mdata, "rna_synthetic", {"params": params}, tool="generate_rna")
+    # the real imaging input's own record says otherwise: the generated modality's record wins
+    store(mdata, "embedding", {"params": {"mod": "img", "rep": "X_vit", "treatment_key": "nope"}}, tool="x")
+    kw = {**CLASSIFY, "inputs": ("rna_synthetic", "X_scgpt")}
+    got = mm.tl.classify(mdata, preset=QUICK, inplace=False, **kw)
+    # same cells, same labels under other names (the fold is unknown: assign_split recorded 'split' only)
+    pd.testing.assert_frame_equal(got.drop(columns="fold"), expected.drop(columns="fold"))
+    assert (got["fold"] == 0).all()
+    both = [("img", "X_vit"), ("rna_synthetic", "X_scgpt")]
+    mm.tl.classify(mdata, preset=QUICK, **{**kw, "inputs": both, "key_added": "clf"})
+    params = mdata.uns["morphomu"]["clf"]["params"]
+    assert mdata.uns["morphomu"]["clf"]["tool"] == "classify"
+    assert {k: params[k] for k in keys} == keys
+    assert list(params["inputs"]) == ["img/X_vit", "rna_synthetic/X_scgpt"]
+    assert list(params["splits"]) == ["test_we", "test_he"]
+    assert params["preset"]["preset"] == "tiny" and params["hparams"]["max_epochs"] == 2
+    for old in ("target", "test_sets"):
+        assert old not in params
+    # the caller's key wins over the record
+    with pytest.raises(mm.ContractError, match="treatment_key='treatment'"):
+        mm.tl.classify(mdata, preset=QUICK, treatment_key="treatment", **kw)

@@ -49,7 +49,7 @@ def test_bad_command_line(argv):
 
 
 # ------------------------------------------------------------------ benchmark tasks as sub-commands
-RNA_ONLY = {"--scgenescope", "--classifier-hparams", "--seeds", "--cv", "--image-rep", "--rna-rep"}
+RNA_ONLY = {"--scgenescope", "--classifier-preset", "--seeds", "--cv", "--image-rep", "--rna-rep"}
 RNA_ONLY |= {"--no-ablations", "--no-umap"}
 SHARED = {
     "--data",
@@ -73,7 +73,7 @@ def _help_options(capsys, argv: list[str]) -> set[str]:
 def test_each_benchmark_task_lists_only_its_own_options(capsys):
     assert _help_options(capsys, ["benchmark", "rna"]) == SHARED | RNA_ONLY
     # the morphology task sizes the classifier behind its IS score: --classifier-hparams is its option too
-    assert _help_options(capsys, ["benchmark", "morphology"]) == SHARED | {"--classifier-hparams"}
+    assert _help_options(capsys, ["benchmark", "morphology"]) == SHARED | {"--classifier-preset"}
     with pytest.raises(SystemExit):
         main(["benchmark", "--help"])
     text = capsys.readouterr().out
@@ -105,7 +105,7 @@ def small_h5mu(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("option", sorted(RNA_ONLY - {"--classifier-hparams"}))
+@pytest.mark.parametrize("option", sorted(RNA_ONLY - {"--classifier-preset"}))
 def test_morphology_refuses_rna_only_options_before_any_work(tmp_path, capsys, fake_runs, option):
     value = {"--cv": [], "--no-ablations": [], "--no-umap": [], "--seeds": ["1", "2"]}.get(option, ["x"])
     out = tmp_path / "run"

@@ -62,7 +62,7 @@ def test_consistent_across_modalities_control_id(mdata):
     assert "compound_split" not in mdata["other"].obs
     for m, before in split_before.items():  # split is never touched
         pd.testing.assert_series_equal(mdata[m].obs["split"], before)
-    entry = mdata.uns["morphomu"]["assign_compound_split"]
+    entry = mdata.uns["morphomu"]["compound_split"]
     assert sorted(entry["ood"]) == ood and "DMSO" in list(entry["id"])
     assert len(entry["id"]) + len(entry["ood"]) == len(COMPOUNDS) + 1
     assert entry["params"]["seed"] == 3 and entry["params"]["n_ood"] == 8
@@ -122,4 +122,4 @@ def test_simulated_round_trip(tmp_path):
     assert counts == {"id": 19, "ood": 10}
     mdata.write_h5mu(tmp_path / "m.h5mu")
     back = md.read_h5mu(tmp_path / "m.h5mu")
-    assert list(back.uns["morphomu"]["assign_compound_split"]["ood"]) == _ood(mdata)
+    assert list(back.uns["morphomu"]["compound_split"]["ood"]) == _ood(mdata)

@@ -845,8 +845,8 @@ def test_fidelity_summary_params_and_default_key():
         "synthetic": "rna_synthetic",
         "rep": "X_scgpt",
         "synthetic_rep": "X_scgpt",
-        "groupby": "treatment",
-        "splits": ["test_we", "test_he"],
+        "treatment_key": "treatment",
+        "splits": ["test_we"],  # 'test': the test labels present (this data has no test_he cells)
         "split_key": "split",
         "distributions": True,
         "max_cells": 2,
@@ -1202,7 +1202,7 @@ def test_evaluate_scores_each_split_of_the_given_data_with_the_given_seed():
     )
     torch.manual_seed(0)
     model = mm.models.TreatmentClassifier(
-        mdata, setting="multi", k=3, hparams={"preset": "tiny", "max_epochs": 8, "batch_size": 32, "lr": 1e-2}
+        mdata, setting="multi", k=3, preset={"preset": "tiny", "max_epochs": 8, "batch_size": 32, "lr": 1e-2}
     )
     model.train(progress=False, accelerator="cpu", seed=0)
     other = classifier_mdata(seed=1)  # new data with the same layout
@@ -1388,15 +1388,20 @@ def test_assign_split_contract():
     assert (
         mdata["img"].obs["split"].tolist() == ["train"] * 2 + ["test_we"] * 2 + ["val"] * 2 + ["test_he"] * 2
     )
-    assert {k: plain(v) for k, v in mdata.uns["morphomu"]["assign_split"].items()} == {
+    entry = dict(mdata.uns["morphomu"]["split"])
+    assert entry.pop("tool") == "assign_split"
+    entry["params"] = plain(entry["params"])
+    assert {k: plain(v) if isinstance(v, dict) else v.tolist() for k, v in entry.items()} == {
         "params": {
             "scheme": "scgenescope",
             "fold": 1,
+            "by": "None",
             "mods": ["img"],
             "replicate_key": "replicate",
             "round_key": "round",
             "key_added": "split",
         },
+        "test_splits": ["test_we", "test_he"],
         "replicates": {"train": 3, "val": 5, "test_we": 4, "test_he_round": 2},
     }
     bad = split_mdata(replicates=(3, 4, 5.5, 1))
@@ -1452,7 +1457,7 @@ def test_standardize_contract_dtypes_masks_and_chunks(monkeypatch):
     assert z.dtype == np.float32
     fit = np.isin(obs["split"], ["train", "val"])
     np.testing.assert_allclose(z[fit].mean(0), 0.0, atol=1e-5)
-    entry = mdata.uns["morphomu"]["standardize"]["X_e_std"]
+    entry = mdata.uns["morphomu"]["X_e_std"]
     assert plain(entry["params"]) == {
         "mod": "img",
         "rep": "X_e",
@@ -1464,7 +1469,7 @@ def test_standardize_contract_dtypes_masks_and_chunks(monkeypatch):
     assert back.dtype == np.float32
     np.testing.assert_allclose(back, a.obsm["X_e"], rtol=1e-4, atol=1e-4)
     mm.pp.standardize(mdata, mod="img", rep="X_e", fit_on="train", key_added="X_t")
-    assert mdata.uns["morphomu"]["standardize"]["X_t"]["params"]["fit_on"] == "train"
+    assert mdata.uns["morphomu"]["X_t"]["params"]["fit_on"] == "train"
     with pytest.raises(
         mm.ContractError, match=r"^fit_on='nope': no cells of .*found \['test_we', 'train', 'val'\]"
     ):
@@ -1487,7 +1492,7 @@ def test_destandardize_refuses_what_it_cannot_map_back():
     ):
         with pytest.raises(mm.ContractError, match=match):
             mm.pp.destandardize(a, values, key="X_e_std")
-    entries = a.uns["morphomu"]["standardize"]
+    entries = a.uns["morphomu"]
     entries["no_std"] = {"mean": np.zeros(3)}
     entries["two_d"] = {"mean": np.zeros((1, 3)), "std": np.ones((1, 3))}
     entries["lengths"] = {"mean": np.zeros(3), "std": np.ones(2)}
@@ -1506,7 +1511,7 @@ def test_dataframe_representations_are_read_by_row_position():
     a = ad.AnnData(obs=pd.DataFrame({"split": ["train", "train", "val", "val"]}, index=list("abcd")))
     a.obsm["X_df"] = df
     mm.pp.standardize(a, mod=None, rep="X_df")
-    np.testing.assert_allclose(a.uns["morphomu"]["standardize"]["X_df_std"]["mean"], values[:2].mean(0))
+    np.testing.assert_allclose(a.uns["morphomu"]["X_df_std"]["mean"], values[:2].mean(0))
     np.testing.assert_allclose(a.obsm["X_df_std"][:2].mean(0), 0.0, atol=1e-6)
 
 

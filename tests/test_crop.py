@@ -96,9 +96,9 @@ def test_fly_obs_and_plate_map(fly):
     assert obs.loc[obs["well"] == "B02", "treatment"].eq("Colchicine").all()
     assert obs.loc[obs["well"] == "A01", "sample"].eq("s1").all()
     assert obs.groupby("field", observed=True)["site"].first().tolist() == [1, 2, 1]
-    table = fly.uns["morphomu"]["crop_cells"]["fields"]
+    table = fly.uns["morphomu"]["images"]["fields"]
     assert table["n_cells"].tolist() == counts.loc[table["field"]].tolist()
-    assert list(fly.uns["morphomu"]["crop_cells"]["channels"]) == list(STAINS)
+    assert list(fly.uns["morphomu"]["images"]["channels"]) == list(STAINS)
 
 
 def obs_names_unique(adata) -> bool:
@@ -129,7 +129,7 @@ def test_border_drop_and_pad():
     field = fly_fields()[0]
     dropped = mm.pp.crop_cells(field, crop_size=64, progress=False)
     padded = mm.pp.crop_cells(field, crop_size=64, border="pad", progress=False)
-    n_dropped = int(dropped.uns["morphomu"]["crop_cells"]["fields"]["n_dropped_at_border"].iloc[0])
+    n_dropped = int(dropped.uns["morphomu"]["images"]["fields"]["n_dropped_at_border"].iloc[0])
     assert n_dropped > 0
     assert padded.n_obs == dropped.n_obs + n_dropped
     xy = dropped.obsm["spatial"]

@@ -70,7 +70,7 @@ def test_each_stain_equals_the_models_own_forward(tiny):
         np.testing.assert_allclose(
             features[:, stain * WIDTH : (stain + 1) * WIDTH], expected, rtol=1e-5, atol=1e-5
         )
-    entry = adata.uns["morphomu"]["embed_images"]["X_vit"]
+    entry = adata.uns["morphomu"]["X_vit"]
     assert entry["n_features_per_stain"] == WIDTH
     assert list(entry["input_size"]) == [3, 32, 32]
     check_uns_writable(adata.uns)
@@ -136,7 +136,7 @@ def test_bfloat16_autocast_stays_close(tiny):
     for a, b in zip(bf16, fp32, strict=True):
         assert np.corrcoef(a, b)[0, 1] > 0.99
     np.testing.assert_allclose(adata.obsm["X_bf16_lightning"], bf16, rtol=1e-6, atol=1e-6)
-    assert adata.uns["morphomu"]["embed_images"]["X_bf16"]["precision"] == "bf16"
+    assert adata.uns["morphomu"]["X_bf16"]["precision"] == "bf16"
 
 
 def test_lightning_two_processes_gather_every_row(tiny):
@@ -162,7 +162,7 @@ def test_real_fly_crops_in_memory_and_zarr_backed(tiny, tmp_path):
     assert features.shape == (40, 3 * WIDTH)
     assert np.isfinite(features).all()
     np.testing.assert_allclose(backed.obsm["X_vit"], features, rtol=1e-5, atol=1e-5)
-    assert list(mdata.uns["morphomu"]["embed_images"]["X_vit"]["stains"]) == ["DNA", "FITC", "rhodamine"]
+    assert list(mdata.uns["morphomu"]["X_vit"]["stains"]) == ["DNA", "FITC", "rhodamine"]
     # real cells differ from one another, and the DNA block separates them more than noise would
     assert np.linalg.matrix_rank(features[:, :WIDTH]) > 10
     # a stain picked by name: the same block

@@ -14,6 +14,7 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import torch
 from scipy import sparse
 from sklearn.decomposition import PCA
@@ -72,7 +73,9 @@ def test_pca_equals_a_scikit_learn_reference(counts):
     for j in range(20):  # components agree up to sign (the last ones are close to degenerate: looser)
         r = abs(np.corrcoef(got[:, j], expected[:, j])[0, 1])
         assert r > (0.999 if j < 10 else 0.95)
-    entry = adata.uns["morphomu"]["embed_rna"]["X_pca"]
+    entry = adata.uns["morphomu"]["X_pca"]
+    assert entry["tool"] == "embed_rna"
+    assert entry["method"] == "pca"
     assert np.all(np.diff(entry["variance_ratio"]) <= 1e-9)
     assert "X_pca" not in counts.obsm  # the fixture is untouched
     # default pipeline: HVGs + scaling, 50 components, on a MuData
@@ -80,6 +83,70 @@ def test_pca_equals_a_scikit_learn_reference(counts):
     mm.pp.embed_rna(mdata, method="pca", progress=False)
     assert mdata["rna"].obsm["X_pca"].shape == (counts.n_obs, 50)
     check_uns_writable(mdata.uns)
+
+
+def _scanpy_reference(counts: ad.AnnData, *, n_comps: int, n_top_genes: int | None) -> ad.AnnData:
+    """scanpy's own steps on the same counts: all genes kept and scaled, PCA on the highly variable ones."""
+    ref = counts.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    mask = None
+    if n_top_genes is not None:
+        hvg = sc.pp.highly_variable_genes(ref, n_top_genes=n_top_genes, flavor="seurat", inplace=False)
+        mask = hvg["highly_variable"].to_numpy()
+    ref.X = ref.X.toarray()
+    sc.pp.scale(ref, max_value=10)
+    sc.pp.pca(ref, n_comps=n_comps, mask_var=mask, random_state=0)
+    return ref
+
+
+def _same_up_to_sign(a: np.ndarray, b: np.ndarray) -> None:
+    signs = np.sign((a * b).sum(0))
+    assert np.all(signs != 0)
+    np.testing.assert_allclose(a * signs, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_top_genes", [300, None])
+def test_pca_leaves_scanpys_records(counts, n_top_genes):
+    """uns['pca'] and varm['PCs'] are what sc.pp.pca leaves on the same preprocessed genes."""
+    adata = counts.copy()
+    mm.pp.embed_rna(adata, method="pca", n_comps=15, n_top_genes=n_top_genes, progress=False)
+    ref = _scanpy_reference(counts, n_comps=15, n_top_genes=n_top_genes)
+    got, expected = adata.uns["pca"], ref.uns["pca"]
+    np.testing.assert_allclose(got["variance"], expected["variance"], rtol=1e-4)
+    np.testing.assert_allclose(got["variance_ratio"], expected["variance_ratio"], rtol=1e-4)
+    np.testing.assert_allclose(got["variance_ratio"], adata.uns["morphomu"]["X_pca"]["variance_ratio"])
+    assert adata.varm["PCs"].shape == (adata.n_vars, 15)
+    _same_up_to_sign(adata.varm["PCs"], ref.varm["PCs"])
+    _same_up_to_sign(adata.obsm["X_pca"], ref.obsm["X_pca"])
+    params = got["params"]
+    assert params["zero_center"] is True
+    assert params["use_highly_variable"] is False
+    if n_top_genes is None:
+        assert params["mask_var"] is None
+    else:  # the genes used; the loadings of the others are 0, as scanpy writes them
+        np.testing.assert_array_equal(params["mask_var"], expected["params"]["mask_var"])
+        assert params["mask_var"].sum() == n_top_genes
+        assert not adata.varm["PCs"][~params["mask_var"]].any()
+    assert "highly_variable" not in adata.var  # the gene selection stays in the record only
+
+
+def test_pca_records_follow_key_added_and_the_modality(counts, tmp_path):
+    mdata = md.MuData({"rna": counts.copy()})
+    mm.pp.embed_rna(mdata, method="pca", n_comps=5, key_added="X_pca5", progress=False)
+    rna = mdata["rna"]
+    assert "X_pca5" in rna.varm
+    assert set(rna.uns["X_pca5"]) == {"params", "variance", "variance_ratio"}
+    assert "pca" not in rna.uns
+    assert "PCs" not in rna.varm
+    assert mdata.uns["morphomu"]["X_pca5"]["tool"] == "embed_rna"
+    path = tmp_path / "pca.h5mu"
+    mdata.write(path)
+    back = md.read_h5mu(path)
+    np.testing.assert_allclose(back["rna"].varm["X_pca5"], rna.varm["X_pca5"])
+    np.testing.assert_array_equal(
+        back["rna"].uns["X_pca5"]["params"]["mask_var"], rna.uns["X_pca5"]["params"]["mask_var"]
+    )
 
 
 def test_scvi_latent_has_structure(counts):
@@ -91,7 +158,7 @@ def test_scvi_latent_has_structure(counts):
     assert np.isfinite(latent).all()
     pd.testing.assert_frame_equal(adata.obs, obs_before)  # scvi registered its fields elsewhere
     assert set(adata.uns) == {*uns_before, "morphomu"}
-    entry = adata.uns["morphomu"]["embed_rna"]["X_scvi"]
+    entry = adata.uns["morphomu"]["X_scvi"]
     assert entry["n_epochs"] == 10
     assert entry["n_latent"] == 8
     # neighbours in scVI's latent agree with neighbours in log-normalised expression far beyond chance
@@ -180,7 +247,7 @@ def test_scgpt_equals_scgpts_own_embed_data(scgpt_cells, monkeypatch):
     assert np.corrcoef(adata.obsm["seed1"].ravel(), got.ravel())[0, 1] > 0.95
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     assert np.linalg.matrix_rank(got) > 5  # cells differ
-    entry = adata.uns["morphomu"]["embed_rna"]["X_scgpt"]
+    entry = adata.uns["morphomu"]["X_scgpt"]
     assert entry["n_genes_matched"] == n_vocab_genes
     assert entry["n_genes"] == 300
     check_uns_writable(adata.uns)

@@ -143,7 +143,7 @@ def test_featurize_compounds_mudata_and_control():
     data = _mdata()
     table = mm.datasets.compounds()
     mm.pp.featurize_compounds(data, smiles={"paracetamol": NEW_SMILES + ".Cl"}, n_bits=512)
-    entry = data.uns["morphomu"]["compounds"]["morgan"]
+    entry = data.uns["morphomu"]["morgan"]
     feats = entry["features"]
     treatments = ["Caffeine", "Colchicine", "DMSO", "Vorinostat / SAHA", "paracetamol", "taxol"]
     assert list(feats.index) == treatments  # from both modalities, sorted
@@ -210,9 +210,9 @@ def test_uns_entry_survives_h5mu_round_trip(tmp_path):
     data.write(path)
     back = md.read_h5mu(path)
     for key in ("morgan", "desc"):
-        saved, loaded = data.uns["morphomu"]["compounds"][key], back.uns["morphomu"]["compounds"][key]
+        saved, loaded = data.uns["morphomu"][key], back.uns["morphomu"][key]
         pd.testing.assert_frame_equal(loaded["features"], saved["features"], check_names=False)
         pd.testing.assert_frame_equal(loaded["smiles"], saved["smiles"], check_names=False)
         assert loaded["params"]["method"] == saved["params"]["method"]
-    desc = back.uns["morphomu"]["compounds"]["desc"]["params"]
-    assert len(desc["mean"]) == back.uns["morphomu"]["compounds"]["desc"]["features"].shape[1]
+    desc = back.uns["morphomu"]["desc"]["params"]
+    assert len(desc["mean"]) == back.uns["morphomu"]["desc"]["features"].shape[1]

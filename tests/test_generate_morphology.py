@@ -42,7 +42,7 @@ def emb_model(emb_data):
         m,
         output="embedding",
         preset="tiny",
-        n_images_per_treatment=20,
+        n_cells_per_sample=20,
         n_steps=10,
         train_kwargs={"max_epochs": 30, "enable_progress_bar": False},
     )
@@ -65,7 +65,7 @@ def test_embedding_output_and_cycle(emb_model, emb_data):
     s = gen.obs["sample"].astype(str)
     np.testing.assert_array_equal(gen.obs["treatment"].astype(str), first.loc[s, "treatment"].astype(str))
     np.testing.assert_array_equal(gen.obs["smiles"].astype(str), first.loc[s, "smiles"].astype(str))
-    entry = m.uns["morphomu"]["generate_morphology"]
+    entry = m.uns["morphomu"]["img_synthetic"]
     assert (
         entry["params"]["output"] == "embedding"
         and entry["trained_here"]
@@ -76,7 +76,7 @@ def test_embedding_output_and_cycle(emb_model, emb_data):
     np.testing.assert_array_equal(m["img"].obsm["X_vit"], emb_data["img"].obsm["X_vit"])
     assert set(m["img"].obs.columns) == set(emb_data["img"].obs.columns)
 
-    ood = set(m.uns["morphomu"]["assign_compound_split"]["ood"])
+    ood = set(m.uns["morphomu"]["compound_split"]["ood"])
     n_treat = rna.obs["treatment"].nunique()
     # direct: generated in-distribution embeddings sit nearest their own treatment's real imaging centroid
     in_dist = ~gen.obs["treatment"].astype(str).isin(ood).to_numpy()
@@ -121,7 +121,7 @@ def test_embedding_model_reused(emb_model, emb_data):
         gen.n_obs
         == 3 * m["rna"].obs.loc[m["rna"].obs["treatment"].isin(["Colchicine", "DMSO"]), "sample"].nunique()
     )
-    assert not m.uns["morphomu"]["generate_morphology"]["trained_here"]
+    assert not m.uns["morphomu"]["vit_synthetic"]["trained_here"]
     # keyed by seed: the same call gives the same embeddings
     again = emb_data.copy()
     mm.tl.generate_morphology(
@@ -144,8 +144,8 @@ def test_validation_before_training(emb_data):
     before = set(m.mod)
     with pytest.raises(MorphomuError, match="output="):
         mm.tl.generate_morphology(m, output="pixels")
-    with pytest.raises(MorphomuError, match="n_images_per_treatment"):
-        mm.tl.generate_morphology(m, output="embedding", n_images_per_treatment=0)
+    with pytest.raises(MorphomuError, match="n_cells_per_sample"):
+        mm.tl.generate_morphology(m, output="embedding", n_cells_per_sample=0)
     with pytest.raises(MorphomuError, match="replace an input modality"):
         mm.tl.generate_morphology(m, output="embedding", key_added="img")
     with pytest.raises(ContractError, match="image_rep='X_nope'"):
@@ -197,7 +197,7 @@ def test_image_output_trident(image_data):
     assert gen.obs["synthetic"].all() and gen.obs_names.str.startswith("img_synthetic-").all()
     assert gen.obs["treatment"].astype(str).value_counts().to_dict() == {"Colchicine": 2, "DMSO": 2}
     assert "smiles" in gen.obs
-    entry = m.uns["morphomu"]["generate_morphology"]
+    entry = m.uns["morphomu"]["img_synthetic"]
     assert entry["params"]["output"] == "image" and entry["trained_here"] and entry["model"] == "Trident"
     assert list(entry["params"]["compounds"]) == ["Colchicine", "DMSO"]
     # a trained model is reused, keyed by seed

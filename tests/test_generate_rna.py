@@ -29,7 +29,7 @@ def test_ridge_baseline(mdata, tmp_path):
     assert syn.obs["sample"].astype(str).value_counts().reindex(counts.index).tolist() == counts.tolist()
     assert syn.obs_names.str.startswith("rna_synthetic-").all() and syn.obs["synthetic"].all()
     np.testing.assert_array_equal(syn.X, syn.obsm["X_scgpt"])
-    entry = mdata.uns["morphomu"]["generate_rna"]
+    entry = mdata.uns["morphomu"]["rna_synthetic"]
     assert (
         entry["params"]["method"] == "ridge"
         and entry["params"]["seed"] == 2
@@ -76,14 +76,14 @@ def test_phenoseq_trained_here_is_returned_and_reused(mdata):
     assert isinstance(model, mm.models.PhenoSeq) and model.is_trained_
     syn = mdata["rna_synthetic"]
     assert syn.n_obs == mdata["rna"].n_obs and np.isfinite(syn.X).all()
-    entry = mdata.uns["morphomu"]["generate_rna"]
+    entry = mdata.uns["morphomu"]["rna_synthetic"]
     assert entry["trained_here"] and entry["preset"] == "tiny" and entry["params"]["n_steps"] == 5
     # with a model: nothing is trained, nothing returned, the same cells for the same seed
     samples = sorted(mdata["rna"].obs["sample"].astype(str).unique())[:3]
     assert mm.tl.generate_rna(mdata, model=model, key_added="again", samples=samples, n_steps=5) is None
     ref = model.generate(samples=samples, n_steps=5)
     np.testing.assert_allclose(mdata["again"].X, ref.X, atol=1e-6)
-    assert not mdata.uns["morphomu"]["generate_rna"]["trained_here"]
+    assert not mdata.uns["morphomu"]["again"]["trained_here"]
 
 
 def test_bad_input_leaves_the_mudata_untouched(mdata):

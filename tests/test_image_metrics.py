@@ -106,8 +106,8 @@ def test_fid_kid_are_near_zero_for_halves_and_large_for_a_shift(sim):
     cyto = img[np.isin(treatment, CYTOTOXIC)].copy()
     half = np.random.default_rng(0).permutation(img.n_obs) < img.n_obs // 2
     first, second = img[half].copy(), img[~half].copy()
-    same = mm.tl.image_metrics(first, second, label_key=None, n_subsets=20, subset_size=100)
-    shifted = mm.tl.image_metrics(first, cyto, label_key=None, n_subsets=20, subset_size=100)
+    same = mm.tl.image_metrics(first, second, treatment_key=None, n_subsets=20, subset_size=100)
+    shifted = mm.tl.image_metrics(first, cyto, treatment_key=None, n_subsets=20, subset_size=100)
     assert same.attrs["features"] == "readouts"  # no checkpoint: the offline default
     s, t = same.loc["all"], shifted.loc["all"]
     print(
@@ -115,7 +115,7 @@ def test_fid_kid_are_near_zero_for_halves_and_large_for_a_shift(sim):
     )
     assert t.fid > 5 * s.fid and t.fid > 1.0
     assert abs(s.kid_mean) < 0.2 * t.kid_mean
-    assert np.isnan(s.is_mean)  # label_key=None and no classifier: no IS
+    assert np.isnan(s.is_mean)  # treatment_key=None and no classifier: no IS
 
 
 def test_mudata_groups_embeddings_and_is_with_a_given_classifier(sim):
@@ -185,7 +185,7 @@ def test_is_with_a_treatment_classifier_trained_on_real_features(sim):
             real,
             gen,
             features="X_vit",
-            classifier_hparams={"preset": "tiny", "max_epochs": 3},
+            preset={"preset": "tiny", "max_epochs": 3},
             n_subsets=5,
             subset_size=50,
         )
@@ -213,7 +213,7 @@ def test_vit_features_embed_each_stain_from_a_local_checkpoint(sim, tmp_path):
         checkpoint=path,
         model="vit_tiny_patch16_224",
         vit_kwargs=vit,
-        label_key=None,
+        treatment_key=None,
         n_subsets=5,
         subset_size=100,
     )
@@ -246,8 +246,13 @@ def test_plain_feature_arrays_and_errors_before_work(sim):
         ({"real": mdata, "generated": "nope"}, MorphomuError, r"generated='nope' is not a modality"),
         ({"real": mdata, "features": "X_missing"}, ContractError, r"features='X_missing' is not in"),
         ({"real": mdata, "features": "vit"}, MorphomuError, r"features='vit' needs checkpoint="),
-        ({"real": mdata, "groupby": "dose"}, ContractError, r"groupby/label_key='dose' is not a column"),
+        ({"real": mdata, "groupby": "dose"}, ContractError, r"groupby='dose' is not a column"),
         ({"real": mdata, "n_subsets": 0}, ContractError, r"n_subsets must be a positive integer"),
+        (
+            {"real": sim["img"][:0].copy(), "generated": sim["img"][:5].copy(), "features": "X_vit"},
+            ContractError,
+            r"real has no rows",
+        ),
         ({"real": x, "generated": "img_synthetic"}, ContractError, r"needs real to be a MuData"),
         ({"real": x, "generated": rng.normal(size=(5, 3))}, ContractError, r"4 columns but generated ones 3"),
         ({"real": x[:, :, None], "generated": y}, ContractError, r"tiles \(n, C, H, W\) or features"),
@@ -261,3 +266,86 @@ def test_plain_feature_arrays_and_errors_before_work(sim):
         with pytest.raises(error, match=match):
             mm.tl.image_metrics(**kwargs)
     assert set(mdata.uns.get("morphomu", {})) == before
+
+
+# ---------------------------------------------------------------------------------------------------
+# renamed arguments; keys that follow the data
+# ---------------------------------------------------------------------------------------------------
+TINY_IS = {"preset": "tiny", "max_epochs": 2}
+
+
+def _is_sets(sim):
+    img = sim["img"]
+    keep = img.obs["treatment"].astype(str).isin(["DMSO", *CYTOTOXIC]).to_numpy()
+    rows = np.flatnonzero(keep)
+    real, gen = img[rows[::2]].copy(), img[rows[1::2]].copy()
+    return real, gen
+
+
+@pytest.fixture(scope="module")
+def is_reference(sim):
+    real, gen = _is_sets(sim)
+    kw = {"features": "X_vit", "n_subsets": 5, "subset_size": 50}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mm.MorphomuWarning)
+        return mm.tl.image_metrics(real, gen, treatment_key="treatment", preset=TINY_IS, **kw)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [("label_key", "treatment_key", "treatment"), ("classifier_hparams", "preset", TINY_IS)],
+)
+def test_former_argument_names_warn_and_give_the_same_table(sim, is_reference, old, new, value):
+    real, gen = _is_sets(sim)
+    kwargs = {
+        "treatment_key": "treatment",
+        "preset": TINY_IS,
+        "features": "X_vit",
+        "n_subsets": 5,
+        "subset_size": 50,
+    }
+    del kwargs[new]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mm.MorphomuWarning)
+        with pytest.warns(FutureWarning, match=rf"image_metrics: {old}= was renamed to {new}="):
+            table = mm.tl.image_metrics(real, gen, **{old: value}, **kwargs)
+    assert np.isfinite(is_reference.loc["all", "is_mean"])
+    pd.testing.assert_frame_equal(table, is_reference)
+
+
+def test_mod_images_key_and_treatment_key_follow_the_record_of_generate_morphology(sim):
+    """Real tiles in modality 'cells' under 'tiles', classes in 'compound': read from the generator's record."""
+    from morphomu._uns import store
+
+    img = sim["img"]
+    keep = np.flatnonzero(img.obs["treatment"].astype(str).isin(["DMSO", *CYTOTOXIC]).to_numpy())
+    cells, gen = img[keep[::2]].copy(), img[keep[1::2]].copy()
+    for a in (cells, gen):
+        a.obsm["tiles"] = a.obsm.pop("images")
+        a.obs = a.obs.rename(columns={"treatment": "compound"})
+    gen.obs_names = [f"gen{i}" for i in range(gen.n_obs)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        mdata = md.MuData({"cells": cells, "img_synthetic": gen})
+    params = {"image_mod": "cells", "images_key": "tiles", "treatment_key": "compound", "rna_mod": "rna"}
+    store(mdata, "img_synthetic", {"params": params}, tool="generate_morphology")
+    kw = {"features": "readouts", "preset": TINY_IS, "n_subsets": 5, "subset_size": 50}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mm.MorphomuWarning)
+        table = mm.tl.image_metrics(mdata, "img_synthetic", key_added="followed", **kw)
+        given = mm.tl.image_metrics(
+            mdata, "img_synthetic", mod="cells", images_key="tiles", treatment_key="compound", **kw
+        )
+    pd.testing.assert_frame_equal(table, given)
+    assert table.loc["all", "n_real"] == cells.n_obs and np.isfinite(table.loc["all", "is_mean"])
+    entry = mdata.uns["morphomu"]["followed"]
+    assert entry["tool"] == "image_metrics"
+    recorded = {k: entry["params"][k] for k in ("mod", "images_key", "treatment_key")}
+    assert recorded == {"mod": "cells", "images_key": "tiles", "treatment_key": "compound"}
+    assert entry["params"]["preset"]["preset"] == "tiny"
+    # the caller's names win over the record; None still skips IS
+    with pytest.raises(ContractError, match="treatment_key='treatment' is not a column"):
+        mm.tl.image_metrics(mdata, "img_synthetic", treatment_key="treatment", **kw)
+    skipped = mm.tl.image_metrics(mdata, "img_synthetic", treatment_key=None, **kw)
+    assert np.isnan(skipped.loc["all", "is_mean"])
+    assert skipped.loc["all", "fid"] == pytest.approx(table.loc["all", "fid"])

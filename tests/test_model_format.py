@@ -58,7 +58,7 @@ def models(data):
     mdata = data.copy()
     mm.models.TreatmentClassifier.setup_mudata(mdata, inputs=("rna", "X_scgpt"))
     out["TreatmentClassifier"] = mm.models.TreatmentClassifier(
-        mdata, setting="single", hparams={"preset": "tiny", "max_epochs": 2, "batch_size": 64}
+        mdata, setting="single", preset={"preset": "tiny", "max_epochs": 2, "batch_size": 64}
     )
     out["TreatmentClassifier"].train(progress=False, accelerator="cpu")
     img = data["img"].copy()

@@ -34,7 +34,7 @@ def trained(data):
     torch.manual_seed(0)
     m = data.copy()
     model = mm.tl.generate_morphology(
-        m, output="embedding", preset="tiny", n_images_per_treatment=3, n_steps=4, train_kwargs=TRAIN
+        m, output="embedding", preset="tiny", n_cells_per_sample=3, n_steps=4, train_kwargs=TRAIN
     )
     return model, m
 
@@ -101,7 +101,7 @@ def test_tl_equals_model_and_leaves_data(trained, data):
     s = direct.obs["sample"].astype(str)
     np.testing.assert_array_equal(direct.obs["smiles"].astype(str), first.loc[s, "smiles"].astype(str))
     assert direct.n_obs == 3 * data["rna"].obs["sample"].nunique()
-    entry = m.uns["morphomu"]["generate_morphology"]
+    entry = m.uns["morphomu"]["img_synthetic"]
     assert entry["trained_here"] and entry["model"] == "PhenoSeq (RNA + compound -> imaging)"
     assert entry["n_samples"] == data["rna"].obs["sample"].nunique() and entry["params"]["n_steps"] == 4
     assert direct_model.setup_args["smiles_key"] == "smiles"
@@ -151,12 +151,12 @@ def test_save_load_round_trip(trained, data, tmp_path):
     m = data.copy()
     assert (
         mm.tl.generate_morphology(
-            m, model=loaded, output="embedding", compounds=["Colchicine"], n_images_per_treatment=3, n_steps=4
+            m, model=loaded, output="embedding", compounds=["Colchicine"], n_cells_per_sample=3, n_steps=4
         )
         is None
     )
     np.testing.assert_array_equal(m["img_synthetic"].obsm["X_vit"], expected.obsm["X_vit"])
-    assert not m.uns["morphomu"]["generate_morphology"]["trained_here"]
+    assert not m.uns["morphomu"]["img_synthetic"]["trained_here"]
 
     # with the data saved beside it: loads without data
     model.save(tmp_path / "with_data", save_anndata=True)

@@ -102,7 +102,7 @@ def classifier_data(data):
 
 @pytest.fixture(scope="module")
 def classifier(classifier_data):
-    return TreatmentClassifier(classifier_data, hparams="tiny")
+    return TreatmentClassifier(classifier_data, preset="tiny")
 
 
 POSITIVE_INT = "must be a positive integer"
@@ -129,12 +129,12 @@ INIT_CASES = [
     ("classifier", "k", True, "True", POSITIVE_INT),
     (
         "classifier",
-        "hparams",
+        "preset",
         {"preset": "tiny", "n_hidden": True},
         "True",
-        r"hparams\['n_hidden'\] " + POSITIVE_INT,
+        r"preset\['n_hidden'\] " + POSITIVE_INT,
     ),
-    ("classifier", "hparams", {"preset": "tiny", "weight_decay": float("nan")}, "nan", NON_NEGATIVE),
+    ("classifier", "preset", {"preset": "tiny", "weight_decay": float("nan")}, "nan", NON_NEGATIVE),
 ]
 
 
@@ -154,7 +154,7 @@ def test_model_sizes(request, model, arg, value, shown, expected):
         "image_vae": ImageVAE,
         "classifier": TreatmentClassifier,
     }[model]
-    kwargs = {"preset": "tiny"} if model != "classifier" else {"hparams": "tiny"}
+    kwargs = {"preset": "tiny"} if model != "classifier" else {"preset": "tiny"}
     before = snapshot(mdata) if model != "image_vae" else None
     with pytest.raises(MorphomuError) as info:
         cls(mdata, **{**kwargs, arg: value})
@@ -277,7 +277,7 @@ def test_classify_checks_before_training(data):
             setting="multi",
             k=True,
             seeds=1,
-            hparams={"preset": "tiny", "max_epochs": 1},
+            preset={"preset": "tiny", "max_epochs": 1},
             progress=False,
         )
     check_named(info, "k", "True", POSITIVE_INT)

@@ -72,7 +72,8 @@ def small(**kw):
 def test_presets_and_overrides():
     mdata = small()
     PhenoSeq.setup_mudata(mdata)
-    paper = PhenoSeq(mdata)
+    assert PhenoSeq(mdata).preset == "fast"  # the default: CPU-sized (tests/test_presets.py checks it)
+    paper = PhenoSeq(mdata, preset="paper")
     assert paper.sizes["n_hidden"] == 1024 and paper.sizes["n_layers"] == 6 and paper.sizes["n_heads"] == 8
     assert (
         paper.sizes["n_encoder_layers"] == 2 and paper.sizes["n_time"] == 256 and paper.n_context_cells == 16
@@ -295,7 +296,9 @@ def test_load_refuses_other_models_newer_formats_and_foreign_directories(trained
         mm.models.TreatmentClassifier.load(model_dir, trained.adata)
     manifest = json.loads((model_dir / MANIFEST).read_text())
     (model_dir / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(MorphomuError, match=f"model format 99; this morphomu .* reads formats up to {FORMAT_VERSION}"):
+    with pytest.raises(
+        MorphomuError, match=f"model format 99; this morphomu .* reads formats up to {FORMAT_VERSION}"
+    ):
         PhenoSeq.load(model_dir, trained.adata)
     (model_dir / MANIFEST).unlink()
     with pytest.raises(MorphomuError, match="has no morphomu.json"):

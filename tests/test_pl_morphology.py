@@ -120,3 +120,17 @@ def test_readout_distributions(mdata, tmp_path):
     plt.close(axes[0].figure)
     with pytest.raises(ContractError, match=r"columns \['perimeter'\] are not readouts"):
         mm.pl.readouts(mdata, "img_synthetic", conditions=["Colchicine"], columns=["perimeter"])
+
+
+def test_former_argument_names_warn(mdata):
+    """``real=`` (now ``mdata``) and ``groupby=`` (now ``treatment_key``) keep working for one release."""
+    with pytest.warns(FutureWarning, match=r"real= was renamed to mdata="):
+        fig = mm.pl.images(real=mdata["img"], generated=None, groups=["DMSO"], n_per_group=1)
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["DMSO\nreal"]
+    plt.close(fig)
+    with pytest.warns(FutureWarning, match=r"groupby= was renamed to treatment_key="):
+        axes = mm.pl.readouts(
+            mdata, "img_synthetic", groupby="treatment", conditions=["Colchicine"], columns=["cell_count"]
+        )
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["DMSO", "Colchicine"]
+    plt.close(axes[0].figure)

@@ -118,7 +118,7 @@ def test_anndata_and_mudata_are_written_scanpy_style(sim):
     assert mm.tl.morphology_readouts(mdata, key_added="cp") is None
     pd.testing.assert_frame_equal(mdata["img"].obsm["cp"], table)
     np.testing.assert_array_equal(mdata["img"].obsm["images"], before)
-    params = mdata.uns["morphomu"]["morphology_readouts"]["params"]
+    params = mdata.uns["morphomu"]["cp"]["params"]
     assert params["nucleus_channel"] == "DNA" and list(params["cell_channels"]) == ["AGP"]
     assert 0 < params["nucleus_threshold"] < 1
     check_uns_writable(mdata.uns)
@@ -133,7 +133,7 @@ def test_anndata_and_mudata_are_written_scanpy_style(sim):
     np.testing.assert_allclose(sub.to_numpy(float), table.iloc[:50].to_numpy(float), equal_nan=True)
     adata = mdata["img"].copy()
     mm.tl.morphology_readouts(adata, cell_channel=["AGP", "Mito"])
-    assert list(adata.uns["morphomu"]["morphology_readouts"]["params"]["cell_channels"]) == ["AGP", "Mito"]
+    assert list(adata.uns["morphomu"]["readouts"]["params"]["cell_channels"]) == ["AGP", "Mito"]
     assert np.isfinite(adata.obsm["readouts"]["area_cell"]).all()
 
 
@@ -175,4 +175,4 @@ def test_bad_input_is_named_before_work(sim):
         mm.tl.morphology_readouts(mdata, images_key="tiles")
     with pytest.raises(ContractError, match="mod='nope' is not a modality"):
         mm.tl.morphology_readouts(mdata, mod="nope")
-    assert "morphology_readouts" not in mdata.uns["morphomu"]
+    assert "readouts" not in mdata.uns["morphomu"]

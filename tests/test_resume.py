@@ -129,7 +129,7 @@ def new_model(kind: str, mdata):
         return mm.models.ImageVAE(mdata, preset="tiny")
     if kind == "trident":
         return mm.models.Trident(mdata, preset="tiny", n_hidden=32, n_layers=1)
-    return mm.models.TreatmentClassifier(mdata, setting="single", hparams=CL_HPARAMS)
+    return mm.models.TreatmentClassifier(mdata, setting="single", preset=CL_HPARAMS)
 
 
 def train(kind: str, model, **kwargs) -> None:

@@ -92,7 +92,7 @@ def test_matches_scikit_learn_and_the_tool(mdata, trained):
     assert list(written.obs_names) == [f"rna_synthetic-{n}" for n in syn.obs_names]
     assert written.obs.reset_index(drop=True).equals(syn.obs.reset_index(drop=True))
     assert list(written.var_names) == list(syn.var_names)
-    entry = other.uns["morphomu"]["generate_rna"]
+    entry = other.uns["morphomu"]["rna_synthetic"]
     assert entry["ridge_alpha"] == trained.alpha and entry["n_train_samples"] == n_train
     assert entry["trained_here"] and entry["params"]["method"] == "ridge"
 
@@ -102,7 +102,7 @@ def test_given_model_is_used_and_method_follows_it(mdata, trained):
     assert mm.tl.generate_rna(mdata, model=trained, key_added="again", samples=samples, seed=1) is None
     ref = trained.generate(samples=samples, seed=1)
     np.testing.assert_array_equal(mdata["again"].X, ref.X)
-    entry = mdata.uns["morphomu"]["generate_rna"]
+    entry = mdata.uns["morphomu"]["again"]
     assert entry["params"]["method"] == "ridge" and not entry["trained_here"]
     with pytest.raises(MorphomuError, match="does not match"):
         mm.tl.generate_rna(mdata, model=trained, method="phenoseq")

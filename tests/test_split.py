@@ -41,7 +41,7 @@ def test_folds_label_every_modality(tiny, fold, expected):
         assert (obs.loc[(rounds == 1) & (reps == test_we), "split"] == "test_we").all()
         assert (obs.loc[rounds == 2, "split"] == "test_he").all()
         assert list(obs["split"].cat.categories) == ["train", "val", "test_we", "test_he"]
-    params = tiny.uns["morphomu"]["assign_split"]
+    params = tiny.uns["morphomu"]["split"]
     assert params["params"]["fold"] == fold
     assert params["replicates"]["train"] == train
 

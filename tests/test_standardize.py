@@ -31,7 +31,7 @@ def test_fit_on_train_only(tiny):
     np.testing.assert_allclose(z[train].std(0), 1, atol=1e-4)
     assert z[~train].mean() < -3  # other splits are mapped with train statistics, not their own
     raw = tiny["img"].obsm["X_vit"]
-    stats = tiny.uns["morphomu"]["standardize"]["X_vit_std"]
+    stats = tiny.uns["morphomu"]["X_vit_std"]
     np.testing.assert_allclose(stats["mean"], raw[train].mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats["std"], raw[train].std(0), rtol=1e-4)
     assert stats["n_fit"] == train.sum()

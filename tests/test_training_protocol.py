@@ -54,7 +54,7 @@ def build(name: str, cls: type, data):
     mdata = data.copy()
     if name == "TreatmentClassifier":
         cls.setup_mudata(mdata, inputs=("rna", "X_scgpt"))
-        model = cls(mdata, setting="single", hparams={"preset": "tiny", "max_epochs": 1, "batch_size": 64})
+        model = cls(mdata, setting="single", preset={"preset": "tiny", "max_epochs": 1, "batch_size": 64})
         return model, {"progress": False, "accelerator": "cpu"}
     cls.setup_mudata(mdata)
     if name == "Trident":

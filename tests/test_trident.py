@@ -398,7 +398,7 @@ def test_image_vae_is_a_frozen_submodule(data, image_vae, tmp_path):
     assert any(k.startswith("module.dit.") for k in checkpoint["state_dict"])
 
 
-def test_drug_only_ablation_and_own_image_vae():
+def test_drug_only_ablation_and_own_image_vae(capfd):
     mdata = simulate(n_img_cells=300, n_rna_cells=200)
     Trident.setup_mudata(mdata, rna_mod=None)
     torch.manual_seed(0)
@@ -406,8 +406,19 @@ def test_drug_only_ablation_and_own_image_vae():
     assert not model.image_vae.is_trained_
     assert not any("condition_vae" in n for n, _ in model.module.named_parameters())
     assert model.module.drug_encoder is not None
-    model.train(max_epochs=2, vae_epochs=1, **QUIET)
+    capfd.readouterr()
+    # the progress bars on: the image VAE's reads "Image VAE: epoch i/N", Trident's its own epochs
+    model.train(max_epochs=2, vae_epochs=1, enable_model_summary=False)
+    out = capfd.readouterr().out
+    assert "Training the image VAE first (vae_epochs=1)" in out  # said before the image VAE trains
+    assert "Trident's own training (max_epochs=2) follows" in out
+    assert (
+        out.index("Training the image VAE first") < out.index("Image VAE: epoch 1/1") < out.index("Epoch 2/2")
+    )
     assert model.image_vae.is_trained_
+    capfd.readouterr()
+    model.train(max_epochs=1, vae_epochs=1, **QUIET)  # a trained image VAE is not trained again
+    assert "image VAE" not in capfd.readouterr().out
     assert "train_loss_vae" not in model.history_
     out = model.generate(compounds={"aspirin": ASPIRIN, "ethanol": "CCO"}, n_images=2, n_steps=3)
     assert out.obsm["images"].shape == (4, 5, 16, 16)

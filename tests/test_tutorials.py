@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,10 +15,24 @@ TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))
 MAX_BYTES = 2_000_000
 #: Seconds one cell may take at the small settings (a whole notebook takes well under a minute on 2 cores).
 CELL_TIMEOUT = 600
+#: An absolute path of the machine that executed a notebook (temporary files, the checkout, a home, the venv).
+BUILD_MACHINE_PATH = re.compile(r"(/tmp/|/work/|/home/|/Users/|\.venv/)[^\s'\"]*")
 
 
 def _ids(paths: list[Path]) -> list[str]:
     return [p.stem for p in paths]
+
+
+def _output_text(output: dict) -> str:
+    """Every text an output shows: a stream, a traceback, or the text / HTML / markdown of a result."""
+    parts = [output.get("text", ""), output.get("evalue", ""), *output.get("traceback", [])]
+    data = output.get("data", {})
+    parts += [
+        value if isinstance(value, str) else "".join(value)
+        for key, value in data.items()
+        if key.startswith("text/")
+    ]
+    return "\n".join(parts)
 
 
 def test_there_are_tutorials():
@@ -38,6 +53,14 @@ def test_committed_notebook_is_a_real_run(path):
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{path.name} was committed with errors: {[e.ename for e in errors]}"
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), "no figure in the outputs"
+    leaks = [
+        (c.execution_count, match.group(0))
+        for c in code
+        for o in c.outputs
+        for match in [BUILD_MACHINE_PATH.search(_output_text(o))]
+        if match
+    ]
+    assert not leaks, f"{path.name} shows paths of the machine that ran it (cell, path): {leaks}"
     text = "\n".join(c.source for c in nb.cells)
     assert "MORPHOMU_TUTORIAL_FAST" in text  # reads the small-settings switch
     assert "How this was run" in text  # and says at which settings its outputs were made

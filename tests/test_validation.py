@@ -47,7 +47,7 @@ def test_valid_passes(tiny):
         (lambda m: m["img"].obsm.pop("X_vit"), r"mods\['img'\]='X_vit' is not in mdata.mod\['img'\].obsm"),
         (
             lambda m: m["img"].obs.pop("sample"),
-            r"obs_keys\['sample'\]='sample' is not a column of mdata.mod\['img'\].obs",
+            r"sample_key='sample' is not a column of mdata.mod\['img'\].obs",
         ),
         (
             lambda m: m["img"].obs.__setitem__("sample", pd.Categorical([None] * 20, categories=["s1"])),
@@ -115,7 +115,7 @@ def test_h5_safe_store_roundtrip(tiny, tmp_path):
         "table": pd.DataFrame({"x": [1.0, 2.0]}, index=["u", "v"]),
         "arr": np.arange(3),
     }
-    written = store(tiny, "tool", entry)
+    written = store(tiny, "tool", entry, tool="test")
     assert written["params"]["a"] == "None"
     mm.pp.validate(tiny)  # uns is writable
     tiny.write(tmp_path / "u.h5mu")

@@ -217,7 +217,7 @@ def _benchmark_morphology(args: argparse.Namespace) -> int:
             accelerator=args.accelerator,
             max_epochs=args.max_epochs,
             n_steps=args.n_steps,
-            classifier_hparams=args.classifier_hparams or ("tiny" if args.preset == "tiny" else "fast"),
+            classifier_preset=args.classifier_preset or ("tiny" if args.preset == "tiny" else "fast"),
             simulated=simulated,
             data=description,
         )
@@ -248,7 +248,7 @@ def _benchmark_rna(args: argparse.Namespace) -> int:
             seeds=tuple(args.seeds),
             cv=args.cv,
             max_epochs=args.max_epochs,
-            classifier_hparams=args.classifier_hparams or args.preset,
+            classifier_preset=args.classifier_preset or args.preset,
             n_steps=args.n_steps,
             simulated=simulated,
             data=description,
@@ -311,11 +311,8 @@ def _add_rna_parser(tasks: argparse._SubParsersAction) -> None:
         max_epochs_help="PhenoSeq epochs (default: 20 for tiny and fast, the preset's for paper)",
     )
     source.add_argument("--scgenescope", type=Path, default=None, help="root of the scGeneScope release")
-    rna.add_argument(
-        "--classifier-hparams",
-        choices=("paper", "fast", "tiny"),
-        default=None,
-        help="classifier sizes: paper = Table 6 widths (default: the same as --preset)",
+    _add_classifier_preset(
+        rna, help="classifier preset: paper = Table 6 widths (default: the same as --preset)"
     )
     rna.add_argument(
         "--seeds", type=int, nargs="+", default=[12345, 42, 1234, 99, 7], help="classifier seeds"
@@ -328,6 +325,15 @@ def _add_rna_parser(tasks: argparse._SubParsersAction) -> None:
     rna.add_argument("--no-ablations", action="store_true", help="skip the ridge / context / guidance rows")
     rna.add_argument("--no-umap", action="store_true", help="skip the UMAP overlay plot")
     rna.set_defaults(command_parser=rna, func=_benchmark_rna)
+
+
+def _add_classifier_preset(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """``--classifier-preset``, and its former name ``--classifier-hparams`` (hidden, for one release)."""
+    choices = ("paper", "fast", "tiny")
+    parser.add_argument("--classifier-preset", choices=choices, default=None, help=help)
+    parser.add_argument(
+        "--classifier-hparams", dest="classifier_preset", choices=choices, help=argparse.SUPPRESS
+    )
 
 
 def _add_morphology_parser(tasks: argparse._SubParsersAction) -> None:
@@ -350,11 +356,9 @@ def _add_morphology_parser(tasks: argparse._SubParsersAction) -> None:
         preset_help="TRIDENT size (default: tiny, sized for a CPU run of minutes)",
         max_epochs_help="TRIDENT epochs (default: 120 for tiny, 60 for fast, the preset's for paper)",
     )
-    morph.add_argument(
-        "--classifier-hparams",
-        choices=("paper", "fast", "tiny"),
-        default=None,
-        help="size of the classifier behind the IS score (default: tiny for --preset tiny, else fast)",
+    _add_classifier_preset(
+        morph,
+        help="preset of the classifier behind the IS score (default: tiny for --preset tiny, else fast)",
     )
     morph.set_defaults(command_parser=morph, func=_benchmark_morphology)
 

@@ -312,11 +312,50 @@ def check_obs_keys(adata: AnnData, keys: Mapping[str, str | None], *, mod: str |
                 f"{arg}={key!r} is not a column of {where(mod).removesuffix('.X')}.obs; "
                 f"its columns are {cols[:20]}{' ...' if len(cols) > 20 else ''}."
             )
+            if mod is not None:  # tools read each modality's own obs, as scanpy functions do
+                msg += " (A column of the MuData's global .obs reaches the modalities with mdata.push_obs().)"
             raise ContractError(msg)
         n_missing = int(adata.obs[key].isna().sum())
-        if n_missing:
+        if n_missing and arg != "split_key":  # a cell without a split label is in no split (own designs)
             msg = f"{where(mod).removesuffix('.X')}.obs[{key!r}] ({arg}) has {n_missing} missing values."
             raise ContractError(msg)
+
+
+#: ``splits="test"``: every label of the split column other than the training and validation ones.
+TEST_SPLITS = "test"
+
+
+def test_split_labels(adata: AnnData, split_key: str, *, mod: str | None) -> list[str]:
+    """The test split labels of ``obs[split_key]``: every label but ``'train'`` / ``'val'``, in category order.
+
+    What ``splits="test"`` means, for the scGeneScope scheme (``test_we``, ``test_he``) and own designs alike.
+    """
+    check_obs_keys(adata, {"split_key": split_key}, mod=None)
+    column = adata.obs[split_key]
+    labels = (
+        [str(c) for c in column.cat.categories if (column == c).any()]
+        if isinstance(column.dtype, pd.CategoricalDtype)
+        else sorted({str(v) for v in column.dropna()})
+    )
+    tests = [label for label in labels if label not in (C.TRAIN, C.VAL)]
+    if not tests:
+        msg = (
+            f"splits='test': {where(mod).removesuffix('.X')}.obs[{split_key!r}] (split_key) has no label besides "
+            f"{C.TRAIN!r} / {C.VAL!r} (found {labels}); pass splits=[...] naming the labels to use."
+        )
+        raise ContractError(msg)
+    return tests
+
+
+def splits_of(
+    adata: AnnData, splits: Sequence[str] | str | None, split_key: str, *, mod: str | None
+) -> list[str] | None:
+    """``splits`` as a list of labels: ``'test'`` resolved from the data, one label listed, ``None`` kept."""
+    if splits is None:
+        return None
+    if isinstance(splits, str):
+        return test_split_labels(adata, split_key, mod=mod) if splits == TEST_SPLITS else [splits]
+    return [str(s) for s in splits]
 
 
 def rep_shape(adata: AnnData, rep: str | None, *, mod: str | None, arg: str = "rep") -> tuple[int, int]:
@@ -474,7 +513,9 @@ def validate(
     mdata: MuData,
     *,
     mods: Mapping[str, str | None] | None = None,
-    obs_keys: Sequence[str] = (C.SAMPLE_KEY, C.TREATMENT_KEY),
+    sample_key: str | None = C.SAMPLE_KEY,
+    treatment_key: str | None = C.TREATMENT_KEY,
+    obs_keys: Sequence[str] | None = None,
     n_features: Mapping[str, int] | None = None,
     finite: bool = True,
     uns: bool = True,
@@ -489,8 +530,13 @@ def validate(
         Modality name to the representation that must be present (an ``.obsm`` key, or ``None`` for
         ``.X``). Defaults to ``{'img': 'X_vit', 'rna': 'X_scgpt'}`` restricted to the modalities
         present; an empty MuData is an error.
+    sample_key
+        obs column with the sample (well) of each cell; ``None`` skips it.
+    treatment_key
+        obs column with the treatment of each cell; ``None`` skips it.
     obs_keys
-        Columns every listed modality must have, without missing values.
+        Every obs column each listed modality must have, without missing values; default:
+        ``sample_key`` and ``treatment_key``.
     n_features
         Modality name to the expected number of features of its representation.
     finite
@@ -516,12 +562,16 @@ def validate(
             msg = f"the MuData has none of the modalities {[C.IMAGE_MOD, C.RNA_MOD]}; it has {sorted(mdata.mod)}."
             raise ContractError(msg)
     n_features = dict(n_features or {})
+    if obs_keys is None:
+        required = {"sample_key": sample_key, "treatment_key": treatment_key}
+    else:
+        required = {f"obs_keys[{k!r}]": k for k in obs_keys}
     for mod, rep in mods.items():
         adata = get_mod(mdata, mod, arg="mods")
         if adata.n_obs == 0:
             msg = f"mdata.mod[{mod!r}] has no cells."
             raise ContractError(msg)
-        check_obs_keys(adata, {f"obs_keys[{k!r}]": k for k in obs_keys}, mod=mod)
+        check_obs_keys(adata, required, mod=mod)
         check_rep(adata, rep, mod=mod, arg=f"mods[{mod!r}]", n_features=n_features.get(mod), finite=finite)
     check_unique_obs_names(mdata)
     if uns:

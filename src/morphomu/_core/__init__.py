@@ -38,6 +38,7 @@ from ._registry import (
     SETUP_ARGS_KEY,
     SETUP_METHOD_NAME_KEY,
 )
+from ._renamed import renamed_arguments, translate_renamed
 from ._standardize import Standardizer
 
 __all__ = [
@@ -66,6 +67,8 @@ __all__ = [
     "parent_mol",
     "parent_smiles",
     "quiet_lightning",
+    "renamed_arguments",
+    "translate_renamed",
     "read_rows",
     "rep_matrix",
     "sample_hash",

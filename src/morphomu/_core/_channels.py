@@ -19,7 +19,10 @@ def channel_names(adata: AnnData, images_key: str, n_channels: int) -> list[str]
     parameters :func:`morphomu.pp.crop_cells` stored; a list of another length is ignored.
     """
     ref = adata.uns.get(images_key)
-    for source in (ref if isinstance(ref, dict) else {}, adata.uns.get(C.UNS_KEY, {}).get("crop_cells", {})):
+    recorded = adata.uns.get(C.UNS_KEY, {})
+    # the crop_cells record: under images_key, or under 'crop_cells' in files written before one-entry-per-key
+    cropped = (recorded.get(images_key) or recorded.get("crop_cells")) if isinstance(recorded, dict) else None
+    for source in (ref if isinstance(ref, dict) else {}, cropped or {}):
         names = source.get("channels") if isinstance(source, dict) else None
         if names is not None and len(names) == n_channels:
             return [str(c) for c in names]

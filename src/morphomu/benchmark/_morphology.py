@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import renamed_arguments
 from .._errors import ContractError
 from ._report import render_morphology_report, write_results
 from ._stages import Stage, run_stages
@@ -43,7 +44,11 @@ GENERATED_MOD = "img_generated"
 
 @dataclass
 class MorphologyBenchmarkConfig:
-    """Everything the morphology task depends on (written to ``results.json``)."""
+    """Everything the morphology task depends on (written to ``results.json``).
+
+    ``preset`` sizes TRIDENT and ``classifier_preset`` the classifier behind the IS score (formerly
+    ``classifier_hparams``).
+    """
 
     preset: str = "tiny"
     accelerator: str = "auto"
@@ -53,11 +58,16 @@ class MorphologyBenchmarkConfig:
     guidance_scale: float = 1.0
     seed: int = 0
     n_ood: int | None = None
-    classifier_hparams: str = "fast"
+    classifier_preset: str = "fast"
     simulated: bool = True
     data: str = "simulate_scgenescope(with_images=True)"
     images_key: str = C.IMAGES_KEY
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+MorphologyBenchmarkConfig.__init__ = renamed_arguments(classifier_hparams="classifier_preset")(  # type: ignore[method-assign]
+    MorphologyBenchmarkConfig.__init__
+)
 
 
 def _check(mdata: MuData, config: MorphologyBenchmarkConfig) -> None:
@@ -153,8 +163,8 @@ def _metrics(real: AnnData, generated: AnnData, config: MorphologyBenchmarkConfi
         generated,
         features="readouts",
         images_key=config.images_key,
-        label_key=C.TREATMENT_KEY,
-        classifier_hparams=config.classifier_hparams,
+        treatment_key=C.TREATMENT_KEY,
+        preset=config.classifier_preset,
         groupby=C.TREATMENT_KEY,
         seed=config.seed,
     )

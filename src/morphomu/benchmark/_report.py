@@ -89,8 +89,9 @@ def render_rna_report(results: dict, *, classification: pd.DataFrame, fidelity_t
             "",
         ]
     lines += [
-        f"Data: `{config['data']}`; PhenoSeq preset `{config['preset']}`; classifier hyper-parameters "
-        f"`{config['classifier_hparams']}`; seeds {config['seeds']}; "
+        f"Data: `{config['data']}`; PhenoSeq preset `{config['preset']}`; classifier preset "
+        # results written before the rename name it classifier_hparams
+        f"`{config.get('classifier_preset', config.get('classifier_hparams'))}`; seeds {config['seeds']}; "
         f"{'3-fold replicate cross-validation (PhenoSeq retrained per fold)' if config['cv'] else 'canonical split'}.",
         "",
     ]

@@ -760,14 +760,14 @@ def read_scgenescope(
     if not is_backed:
         with no_pull_on_update():
             mdata = mudata.MuData({m.mod: _load_modality(m, files[m.mod]) for m in mods})
-        store(mdata, "read_scgenescope", entry)
+        store(mdata, "read_scgenescope", entry, tool="read_scgenescope")
         return mdata
 
     import h5py
 
     with no_pull_on_update():
         skeleton = mudata.MuData({m.mod: _annotations(m, files[m.mod]) for m in mods})
-    store(skeleton, "read_scgenescope", entry)
+    store(skeleton, "read_scgenescope", entry, tool="read_scgenescope")
     try:
         with atomic_path(
             index, overwrite=True, arg="index_path", flag="read_scgenescope", kind="file", owned=owned

@@ -760,7 +760,7 @@ def simulate_scgenescope(
             )
         with no_pull_on_update():
             mdata = md.MuData({C.IMAGE_MOD: img, C.RNA_MOD: rna})
-        store(mdata, "simulation", truth)
+        store(mdata, "simulation", truth, tool="simulate_scgenescope")
         return mdata
 
     import h5py
@@ -769,7 +769,7 @@ def simulate_scgenescope(
         img = ad.AnnData(obs=img_obs, var=img_var)
         with no_pull_on_update():
             mdata = md.MuData({C.IMAGE_MOD: img, C.RNA_MOD: rna})
-        store(mdata, "simulation", truth)
+        store(mdata, "simulation", truth, tool="simulate_scgenescope")
         mdata.write_h5mu(tmp)
         del mdata, img, rna, counts, counts_parts, x_scgpt
         with h5py.File(tmp, "r+") as f:

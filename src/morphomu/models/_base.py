@@ -26,6 +26,7 @@ from ._format import FORMAT_VERSION, MANIFEST, read_manifest_file, read_model_fi
 
 __all__ = [
     "FORMAT_VERSION",
+    "UNSUPPORTED",
     "MorphomuModel",
     "feature_field",
     "finish_ema_training",
@@ -137,7 +138,36 @@ def _warn_var_names(adata: Any, saved: Any) -> None:
             )
 
 
-class MorphomuModel(BaseModelClass):
+#: scvi-tools ``BaseModelClass`` methods that no morphomu model implements (scvi-tools' own versions
+#: only raise): hidden from ``dir()`` of every model class and instance; calling one raises a clear
+#: ``NotImplementedError``.
+UNSUPPORTED = ("differential_abundance", "get_normalized_expression")
+
+
+class _ModelMeta(type(BaseModelClass)):  # scvi-tools' BaseModelMetaClass, not exported
+    """scvi-tools' model metaclass, with a ``dir()`` of the class that leaves out :data:`UNSUPPORTED`."""
+
+    def __dir__(cls) -> list[str]:
+        return sorted(set(super().__dir__()) - set(UNSUPPORTED))
+
+
+def _unsupported(name: str) -> Any:
+    """A method ``name`` that says the model does not offer it (scvi-tools' only raises, unhelpfully)."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cls = type(self).__name__
+        msg = (
+            f"{cls}.{name} is an scvi-tools method that morphomu's models do not implement; "
+            f"see help({cls}) for what {cls} offers."
+        )
+        raise NotImplementedError(msg)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = "Not available in morphomu's models (an scvi-tools method that only raises here)."
+    return method
+
+
+class MorphomuModel(BaseModelClass, metaclass=_ModelMeta):
     """Base of morphomu's models: scvi-tools' model API with safe, atomic, versioned directories.
 
     :meth:`save` writes tensors as safetensors and every other saved attribute as typed JSON (no pickle)
@@ -153,6 +183,9 @@ class MorphomuModel(BaseModelClass):
     #: Checks of ``generate``'s arguments by name (``morphomu._validation.check_args``); the tools that
     #: call a model run them, with ``_train_checks``, before they set up or train one.
     _generate_checks: dict[str, Any] = {}
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) - set(UNSUPPORTED))
 
     @classmethod
     def _register_mudata(cls, mdata: Any, fields: list[Any], setup_method_args: dict, **kwargs: Any) -> None:
@@ -513,6 +546,11 @@ class MorphomuModel(BaseModelClass):
         manifest = cls.check_saved(dir_path, prefix=prefix, legacy_format=True)
         del manifest
         convert_model_dir(Path(dir_path), Path(output_dir_path), overwrite=overwrite, prefix=prefix)
+
+
+for _name in UNSUPPORTED:  # override scvi-tools' bare NotImplementedError with one that names the model
+    setattr(MorphomuModel, _name, _unsupported(_name))
+del _name
 
 
 def convert_model_dir(

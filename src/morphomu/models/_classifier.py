@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,7 @@ import torch
 from scvi.train import TrainRunner
 
 from .. import _constants as C
-from .._core import Standardizer, quiet_lightning, split_stream
+from .._core import Standardizer, quiet_lightning, renamed_arguments, split_stream
 from .._errors import ContractError, MorphomuError
 from .._validation import (
     check_mudata,
@@ -24,6 +25,7 @@ from .._validation import (
     optional,
 )
 from ..module._classifier import DualMLPClassifier, MLPClassifier
+from ..pp._split import SPLIT_REMEDY
 from ..train._classifier import (
     ClassifierDataModule,
     ClassifierTrainingPlan,
@@ -56,7 +58,7 @@ logger = logging.getLogger(__name__)
 #: Seed of the fixed validation / test populations (as scGeneScope).
 EVAL_SEED = 2024
 
-#: Checks of :meth:`TreatmentClassifier.train`'s arguments (``None``: from the model's ``hparams``), run
+#: Checks of :meth:`TreatmentClassifier.train`'s arguments (``None``: from the model's ``preset``), run
 #: before any work.
 TRAIN_CHECKS: dict[str, Any] = {
     "max_epochs": optional(check_positive_int),
@@ -68,6 +70,33 @@ TRAIN_CHECKS: dict[str, Any] = {
     "epoch_size": optional(check_positive_int),
     "num_workers": check_nonnegative_int,
 }
+
+#: Former names of arguments that a saved model stores: its ``init_params_`` (``hparams``) and the
+#: setup arguments of its registry (``target_key``). A model saved under them loads for good, silently
+#: (the user passed nothing), unlike a caller's former name, which warns for one release.
+SAVED_INIT_NAMES = {"hparams": "preset"}
+SAVED_SETUP_NAMES = {"target_key": "treatment_key"}
+
+
+def _current_names(kwargs: dict[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    """``kwargs`` with stored former names replaced by the current ones (a current name given wins)."""
+    return {(renames[k] if k in renames and renames[k] not in kwargs else k): v for k, v in kwargs.items()}
+
+
+def _loads_saved_setup_names(func: Any) -> Any:
+    """Let :meth:`~TreatmentClassifier.load` set up data with a registry saved before the renames.
+
+    ``load`` calls ``setup_mudata(mdata, source_registry=..., **saved_setup_args)``; the saved names are
+    mapped before :func:`~morphomu._core._renamed.renamed_arguments` would warn about them.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "source_registry" in kwargs:
+            kwargs = _current_names(kwargs, SAVED_SETUP_NAMES)
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 class TreatmentClassifier(TrainingMixin, MorphomuModel):
@@ -83,7 +112,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
     standardised inside the module with train-split statistics, so raw representations go in.
 
     Training examples come from the ``train`` split, early stopping from ``val``; the classes are the
-    targets present in the train split of every input, minus ``exclude``.
+    treatments present in the train split of every input, minus ``exclude``.
 
     Parameters
     ----------
@@ -94,10 +123,12 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
     k
         Cells averaged per example and input in the multi-profile setting.
     exclude
-        Target values that are not classes (their cells are ignored), the control by default.
-    hparams
-        ``'paper'`` (Table 6), ``'fast'``, ``'tiny'``, or a dict of overrides (see
-        :func:`~morphomu.models._classifier.resolve_hparams`).
+        Treatments that are not classes (their cells are ignored), the control by default.
+    preset
+        Sizes and optimiser settings: ``'paper'`` (Table 6, the benchmark's protocol), ``'fast'``,
+        ``'tiny'``, or a dict of overrides such as ``{'preset': 'tiny', 'max_epochs': 5}`` (its
+        ``'preset'`` key names the base, default ``'paper'``; see
+        :func:`~morphomu.models._classifier.resolve_hparams`). Formerly ``hparams``.
 
     Examples
     --------
@@ -117,6 +148,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
     _train_runner_cls = TrainRunner
     _train_checks = TRAIN_CHECKS
 
+    @renamed_arguments(hparams="preset")
     def __init__(
         self,
         mdata: MuData,
@@ -124,7 +156,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         setting: Literal["single", "multi"] = "single",
         k: int = 32,
         exclude: Sequence[str] = (C.CONTROL,),
-        hparams: str | Mapping[str, Any] = "paper",
+        preset: str | Mapping[str, Any] = "paper",
     ) -> None:
         check_setting(setting)
         k = check_positive_int(k, "k")
@@ -132,7 +164,8 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         self.specs = parse_inputs([tuple(x) for x in self.setup_args["inputs"]])
         self.setting, self.k = setting, int(k) if setting == "multi" else 1
         self.kind = input_kind(self.specs)
-        self.hparams = resolve_hparams(hparams, setting, self.kind)
+        # the resolved values (a preset's with the overrides); train's unset arguments come from them
+        self.hparams = resolve_hparams(preset, setting, self.kind)
         self.exclude = [str(e) for e in ([exclude] if isinstance(exclude, str) else exclude)]
         self.classes_ = self._train_classes(mdata)
         n_features = self._n_features()
@@ -160,14 +193,24 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         )
         self.init_params_ = self._get_init_params(locals())
 
+    @classmethod
+    def _construct_saved(
+        cls, adata: Any, registry: dict[str, Any], init: dict[str, Any], extra_init: dict[str, Any]
+    ) -> Any:
+        # a model saved before the renames stores init_params_ under the former names
+        init = {**init, "non_kwargs": _current_names(dict(init.get("non_kwargs", {})), SAVED_INIT_NAMES)}
+        return super()._construct_saved(adata, registry, init, extra_init)
+
     # ------------------------------------------------------------------ setup
     @classmethod
+    @_loads_saved_setup_names
+    @renamed_arguments(target_key="treatment_key")
     def setup_mudata(
         cls,
         mdata: MuData,
         *,
         inputs: Any,
-        target_key: str = C.TREATMENT_KEY,
+        treatment_key: str = C.TREATMENT_KEY,
         sample_key: str = C.SAMPLE_KEY,
         split_key: str = C.SPLIT_KEY,
         **kwargs: Any,
@@ -180,26 +223,26 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
             The experiment.
         inputs
             One or two ``(mod, rep)`` pairs (see :func:`~morphomu.models._classifier.parse_inputs`).
-        target_key
-            obs column with the class (the treatment).
+        treatment_key
+            obs column with the class (the treatment). Formerly ``target_key``.
         sample_key
-            obs column with the sample; a sample has a single target value.
+            obs column with the sample; a sample has a single treatment.
         split_key
             obs column with ``train`` / ``val`` / test labels.
         **kwargs
             Passed to scvi-tools' registration.
         """
-        specs = parse_inputs(inputs)
+        specs = parse_inputs(inputs, data=mdata)
         setup_method_args = cls._get_setup_method_args(
             cls=cls,
             mdata=mdata,
             inputs=[[s.mod, s.rep, s.kind] for s in specs],
-            target_key=target_key,
+            treatment_key=treatment_key,
             sample_key=sample_key,
             split_key=split_key,
         )
         check_mudata(mdata)
-        keys = {"target_key": target_key, "sample_key": sample_key, "split_key": split_key}
+        keys = {"treatment_key": treatment_key, "sample_key": sample_key, "split_key": split_key}
         check_input_data(mdata, specs, keys, arg="inputs")
 
         cls._register_mudata(
@@ -233,22 +276,22 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         )
 
     def _train_classes(self, mdata: MuData) -> list[str]:
-        target_key = self.setup_args["target_key"]
+        treatment_key = self.setup_args["treatment_key"]
         per_input = []
         for s in self.specs:
             split = self._obs(mdata, s, "split_key")
-            values = self._obs(mdata, s, "target_key")[split == C.TRAIN]
+            values = self._obs(mdata, s, "treatment_key")[split == C.TRAIN]
             if values.size == 0:
                 msg = (
-                    f"mdata.mod[{s.mod!r}].obs[{self.setup_args['split_key']!r}] has no {C.TRAIN!r} cells; "
-                    "run mm.pp.assign_split first."
+                    f"mdata.mod[{s.mod!r}].obs[{self.setup_args['split_key']!r}] has no {C.TRAIN!r} cells. "
+                    f"{SPLIT_REMEDY}"
                 )
                 raise ContractError(msg)
             per_input.append(set(values) - set(self.exclude))
         classes = sorted(set.intersection(*per_input))
         if len(classes) < 2:
             msg = (
-                f"the train split has {len(classes)} class(es) {classes} of obs[{target_key!r}] (after excluding "
+                f"the train split has {len(classes)} class(es) {classes} of obs[{treatment_key!r}] (after excluding "
                 f"{self.exclude}) in every input; a classifier needs at least two."
             )
             raise ContractError(msg)
@@ -258,13 +301,13 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         counts = []
         for s in self.specs:
             keep = (self._obs(mdata, s, "split_key") == C.TRAIN) & np.isin(
-                self._obs(mdata, s, "target_key"), self.classes_
+                self._obs(mdata, s, "treatment_key"), self.classes_
             )
             counts.append(int(keep.sum()))
         return int(np.argmax(counts))
 
     def _check_data(self, mdata: MuData) -> None:
-        keys = {key: self.setup_args[key] for key in ("target_key", "sample_key", "split_key")}
+        keys = {key: self.setup_args[key] for key in ("treatment_key", "sample_key", "split_key")}
         check_input_data(mdata, self.specs, keys, arg="mdata", n_features=self._n_features())
 
     def _examples(
@@ -297,7 +340,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         early_stopping_patience: int | None = None,
         gradient_clip_val: float | None = None,
         epoch_size: int | None = None,
-        seed: int = 12345,
+        seed: int = 0,
         eval_seed: int = EVAL_SEED,
         progress: bool = True,
         in_memory: bool | None = None,
@@ -316,7 +359,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
     ) -> None:
         """Train with AdamW and cross-entropy; keep the weights of the best validation balanced accuracy.
 
-        Unset arguments come from the model's ``hparams``.
+        Unset arguments come from the model's ``preset``.
 
         Parameters
         ----------
@@ -359,9 +402,9 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
         """
         self._run_training(locals())
 
-    # training hooks (models/_training.py); unset arguments come from the model's hparams
+    # training hooks (models/_training.py); unset arguments come from the model's preset
     def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        args = super()._train_args(args)  # the checks; the defaults come from the hparams
+        args = super()._train_args(args)  # the checks; the defaults come from the preset
         hp = self.hparams
         args["max_epochs"] = int(hp["max_epochs"] if args["max_epochs"] is None else args["max_epochs"])
         args["batch_size"] = int(hp["batch_size"] if args["batch_size"] is None else args["batch_size"])
@@ -390,7 +433,7 @@ class TreatmentClassifier(TrainingMixin, MorphomuModel):
             "setting": self.setting,
             "k": self.k,
             "classes": list(self.classes_),
-            "hparams": dict(self.hparams),
+            "hparams": dict(self.hparams),  # the key checkpoints were written with: they still resume
             **{k: args[k] for k in keys},
         }
 

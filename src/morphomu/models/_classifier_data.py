@@ -132,35 +132,35 @@ def split_examples(
     tensors
         Each input's matrix (:func:`input_matrices`).
     keys
-        The registered obs columns: ``target_key``, ``sample_key`` and ``split_key``.
+        The registered obs columns: ``treatment_key``, ``sample_key`` and ``split_key``.
     classes
-        The model's classes; cells of other targets are left out.
+        The model's classes; cells of other treatments are left out.
     exclude
-        Targets that are not classes (left out without a warning).
+        Treatments that are not classes (left out without a warning).
     anchor
         Index of the anchor input (its cells enumerate the examples).
     k
         Cells per example and input.
     warn
-        Warn about cells left out (unknown targets, samples missing from an input).
+        Warn about cells left out (unknown treatments, samples missing from an input).
     """
-    samples_per_input, targets_per_input, keep_per_input = [], [], []
+    samples_per_input, treatments_per_input, keep_per_input = [], [], []
     for s in specs:
         split_values = obs_column(mdata, s, keys["split_key"])
-        target = obs_column(mdata, s, keys["target_key"])
+        treatment = obs_column(mdata, s, keys["treatment_key"])
         in_split = split_values == split
-        keep = in_split & np.isin(target, classes)
+        keep = in_split & np.isin(treatment, classes)
         if warn:
-            unseen = sorted(set(target[in_split]) - set(classes) - set(exclude))
+            unseen = sorted(set(treatment[in_split]) - set(classes) - set(exclude))
             if unseen:
                 warnings.warn(
-                    f"mdata.mod[{s.mod!r}] split {split!r}: cells of {unseen[:5]} (obs[{keys['target_key']!r}]) are "
+                    f"mdata.mod[{s.mod!r}] split {split!r}: cells of {unseen[:5]} (obs[{keys['treatment_key']!r}]) are "
                     "not classes of this model (absent from the train split) and are left out.",
                     MorphomuWarning,
                     stacklevel=4,
                 )
         samples_per_input.append(obs_column(mdata, s, keys["sample_key"]))
-        targets_per_input.append(target)
+        treatments_per_input.append(treatment)
         keep_per_input.append(keep)
     names = pd.Index(
         sorted(set().union(*(set(sm[kp]) for sm, kp in zip(samples_per_input, keep_per_input, strict=True))))
@@ -172,7 +172,7 @@ def split_examples(
     sample_labels = np.full(len(names), -1, dtype=np.int64)
     pools = []
     for s, sm, tg, kp, data in zip(
-        specs, samples_per_input, targets_per_input, keep_per_input, tensors, strict=True
+        specs, samples_per_input, treatments_per_input, keep_per_input, tensors, strict=True
     ):
         rows = np.flatnonzero(kp)
         codes = names.get_indexer(sm[rows])
@@ -183,7 +183,7 @@ def split_examples(
         if mixed.any():
             bad = names[codes[np.flatnonzero(mixed)[0]]]
             msg = (
-                f"sample {bad!r} (obs[{keys['sample_key']!r}]) has more than one value of obs[{keys['target_key']!r}] "
+                f"sample {bad!r} (obs[{keys['sample_key']!r}]) has more than one value of obs[{keys['treatment_key']!r}] "
                 f"across mdata.mod[{s.mod!r}] and the other inputs; a sample must have one treatment."
             )
             raise ContractError(msg)

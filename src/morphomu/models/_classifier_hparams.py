@@ -88,7 +88,7 @@ for _name, _table in (("fast", _FAST), ("tiny", _TINY)):
         for s in SETTINGS
         for kind in ("image", "rna", "image+rna")
     }
-#: Every name a ``hparams`` dict may set.
+#: Every name a ``preset`` dict of overrides may set.
 HPARAM_NAMES = frozenset(_FAST)
 #: Checks of the resolved hyper-parameters (a preset's values with a dict's overrides).
 _HPARAM_CHECKS: dict[str, Any] = {
@@ -108,33 +108,34 @@ def check_setting(setting: str) -> str:
     return setting
 
 
-def resolve_hparams(hparams: str | Mapping[str, Any], setting: str, kind: str) -> dict[str, Any]:
+def resolve_hparams(preset: str | Mapping[str, Any], setting: str, kind: str) -> dict[str, Any]:
     """The hyper-parameters of one ``(setting, kind)``: a preset name, or a dict of overrides.
 
     A dict may name its base preset under ``'preset'`` (default ``'paper'``); its other keys (any of
     :data:`HPARAM_NAMES`) override the preset's values. Keys that do not apply to the architecture (e.g.
-    ``n_hidden`` for a DualMLP) are ignored, so one dict can serve all ten settings.
+    ``n_hidden`` for a DualMLP) are ignored, so one dict can serve all ten settings. Errors name the
+    argument ``preset`` (the classifier's and :func:`~morphomu.tl.classify`'s name for it).
     """
     check_setting(setting)
     overrides: dict[str, Any] = {}
-    if isinstance(hparams, str):
-        preset = hparams
-    elif isinstance(hparams, Mapping):
-        overrides = dict(hparams)
-        preset = overrides.pop("preset", "paper")
+    if isinstance(preset, str):
+        name = preset
+    elif isinstance(preset, Mapping):
+        overrides = dict(preset)
+        name = overrides.pop("preset", "paper")
         unknown = sorted(set(overrides) - HPARAM_NAMES)
         if unknown:
-            msg = f"hparams has unknown keys {unknown}; known: {sorted(HPARAM_NAMES)} and 'preset'."
+            msg = f"preset has unknown keys {unknown}; known: {sorted(HPARAM_NAMES)} and 'preset' (the base)."
             raise MorphomuError(msg)
     else:
-        msg = f"hparams must be a preset name or a dict, got {type(hparams).__name__}."
+        msg = f"preset must be a preset name or a dict of overrides, got {type(preset).__name__}."
         raise MorphomuError(msg)
-    if preset not in HPARAMS:
-        msg = f"hparams preset {preset!r} is unknown; choose one of {sorted(HPARAMS)}."
+    if not isinstance(name, str) or name not in HPARAMS:
+        msg = f"preset {name!r} is unknown; choose one of {sorted(HPARAMS)}."
         raise MorphomuError(msg)
-    base = dict(HPARAMS[preset][(setting, kind)])
+    base = dict(HPARAMS[name][(setting, kind)])
     base.update({k: v for k, v in overrides.items() if k in base or k not in (*SINGLE_KEYS, *DUAL_KEYS)})
     for key, check in _HPARAM_CHECKS.items():
         if key in base:
-            base[key] = check(base[key], f"hparams[{key!r}]")
+            base[key] = check(base[key], f"preset[{key!r}]")
     return base

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _constants as C
 from .._errors import MorphomuError
+from .._uns import known_keys
 from .._validation import check_obs_keys, check_rep, get_mod
 
 if TYPE_CHECKING:
@@ -41,13 +42,15 @@ def _kind_of(mod: str) -> str | None:
     return None
 
 
-def parse_inputs(inputs: Any) -> tuple[ClassifierInput, ...]:
+def parse_inputs(inputs: Any, *, data: Any = None) -> tuple[ClassifierInput, ...]:
     """Normalise ``inputs`` to one or two :class:`ClassifierInput`, imaging first.
 
     Accepted: a pair ``('img', 'X_vit')``; a triple ``(mod, rep, kind)``; a list of those; a dict
     ``{mod: rep}``. ``rep=None`` means ``.X``. The kind (which row of Table 6 applies, and which DualMLP
-    encoder) is the explicit third element when given, else read from the modality name: ``img...``
-    (``img``, ``img_synthetic``) is ``'image'``, ``rna...`` (``rna``, ``rna_synthetic``) is ``'rna'``.
+    encoder) is the explicit third element when given, else what morphomu's records in ``data`` say of
+    the modality (e.g. the ``image_mod`` / ``rna_mod`` a model was set up with, the kind a generator
+    wrote), else read from the modality name: ``img...`` (``img``, ``img_synthetic``) is ``'image'``,
+    ``rna...`` (``rna``, ``rna_synthetic``) is ``'rna'``.
     Two inputs must be one of each kind.
     """
     if isinstance(inputs, Mapping):
@@ -77,7 +80,11 @@ def parse_inputs(inputs: Any) -> tuple[ClassifierInput, ...]:
         if not isinstance(mod, str) or not (rep is None or isinstance(rep, str)):
             msg = f"input {item!r}: mod must be a modality name and rep an .obsm key or None."
             raise MorphomuError(msg)
-        kind = rest[0] if rest else _kind_of(mod)
+        kind = (
+            rest[0]
+            if rest
+            else (known_keys(data, mod).get("kind") if data is not None else None) or _kind_of(mod)
+        )
         if kind not in KINDS:
             msg = (
                 f"input {item!r}: cannot tell whether {mod!r} is imaging or RNA; name the kind, e.g. "
@@ -120,7 +127,7 @@ def check_input_data(
     specs
         The inputs.
     keys
-        obs columns by argument name (``target_key``, ``sample_key``, ``split_key``).
+        obs columns by argument name (``treatment_key``, ``sample_key``, ``split_key``).
     arg
         The argument an absent modality is blamed on.
     n_features

@@ -95,9 +95,11 @@ class ImageVAE(TrainingMixin, MorphomuModel):
         AnnData registered with :meth:`setup_anndata`; ``None`` only with ``registry`` (how
         :meth:`from_pretrained` and :meth:`load` build a model without data).
     preset
-        ``'paper'`` (Stable Diffusion's VAE layout: widths (128, 256, 512, 512), 2 blocks per level,
-        4 latent channels, factor 8), ``'fast'`` ((32, 64, 128), factor 4) or ``'tiny'`` ((16, 32), factor
-        2; tests). The sizes below override it one by one.
+        ``'fast'`` (default: widths (32, 64, 128), factor 4), ``'paper'`` (Stable Diffusion's VAE layout:
+        widths (128, 256, 512, 512), 2 blocks per level, 4 latent channels, factor 8) or ``'tiny'``
+        ((16, 32), factor 2; tests). It chooses the network sizes and :meth:`train`'s defaults; the sizes
+        below override the network's one by one and leave the training defaults the preset's (kept in
+        ``model.preset``).
     latent_channels
         Channels of the latent grid.
     block_out_channels

@@ -20,6 +20,7 @@ from .._validation import (
     check_unique_obs_names,
     get_mod,
 )
+from ..pp._split import SPLIT_REMEDY
 from ._base import feature_field, n_registered_columns
 from ._phenoseq import PhenoSeq
 from ._phenoseq_checks import GENERATE_CHECKS, check_context_cells
@@ -113,7 +114,7 @@ def _check_training_data(mdata: MuData, keys: dict[str, Any]) -> None:
     if split_key not in img.obs.columns:
         msg = (
             f"split_key={split_key!r} is not a column of mdata.mod[{keys['image_mod']!r}].obs; training "
-            "needs 'train' and 'val' imaging cells. Run mm.pp.assign_split first."
+            f"needs 'train' and 'val' imaging cells. {SPLIT_REMEDY}"
         )
         raise ContractError(msg)
     found = set(img.obs[split_key].iloc[rows].astype(str))
@@ -127,7 +128,7 @@ def _check_training_data(mdata: MuData, keys: dict[str, Any]) -> None:
     if split_key in rna.obs.columns and not (rna.obs[split_key].astype(str) == C.TRAIN).any():
         msg = (
             f"mdata.mod[{keys['rna_mod']!r}].obs[{split_key!r}] has no 'train' cells to standardise the RNA "
-            "context with. Run mm.pp.assign_split first."
+            f"context with. {SPLIT_REMEDY}"
         )
         raise ContractError(msg)
 
@@ -231,8 +232,10 @@ class MorphologyEmbedder(PhenoSeq):
     mdata
         MuData registered with :meth:`setup_mudata`.
     preset
-        ``'paper'`` (PhenoSeq's paper sizes), ``'fast'`` (CPU-sized) or ``'tiny'`` (tests). The sizes
-        below override it one by one.
+        ``'fast'`` (default: CPU-sized), ``'paper'`` (PhenoSeq's paper sizes, for a GPU) or ``'tiny'``
+        (tests). It chooses the network sizes and the training regime (:meth:`train`'s defaults,
+        ``prediction_type``); the sizes below override the network's one by one and leave the training
+        regime the preset's (kept in ``model.preset``).
     n_hidden
         Model width ``d``.
     n_layers

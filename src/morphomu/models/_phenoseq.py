@@ -68,8 +68,10 @@ class PhenoSeq(PairedSetupMixin, EMATrainingMixin, MorphomuModel):
     mdata
         MuData registered with :meth:`setup_mudata`.
     preset
-        ``'paper'`` (the paper's Table 4: 168 M parameters at 5120/512 features), ``'fast'`` (CPU-sized)
-        or ``'tiny'`` (tests). The sizes below override it one by one.
+        ``'fast'`` (default: CPU-sized, minutes on a laptop), ``'paper'`` (the paper's Table 4: 168 M
+        parameters at 5120/512 features, for a GPU) or ``'tiny'`` (tests). It chooses the network sizes
+        and the training regime (:meth:`train`'s defaults, ``prediction_type``); the sizes below override
+        the network's one by one and leave the training regime the preset's (kept in ``model.preset``).
     n_hidden
         Model width ``d``.
     n_layers
@@ -120,7 +122,7 @@ class PhenoSeq(PairedSetupMixin, EMATrainingMixin, MorphomuModel):
         self,
         mdata: MuData,
         *,
-        preset: Literal["paper", "fast", "tiny"] = "paper",
+        preset: Literal["paper", "fast", "tiny"] = "fast",
         n_hidden: int | None = None,
         n_layers: int | None = None,
         n_heads: int | None = None,

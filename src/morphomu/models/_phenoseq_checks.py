@@ -24,6 +24,7 @@ from .._validation import (
     get_mod,
     optional,
 )
+from ..pp._split import SPLIT_REMEDY
 
 __all__ = [
     "GENERATE_CHECKS",
@@ -169,7 +170,7 @@ def check_training_split(rna: Any, split_key: str, *, mod: str) -> np.ndarray:
     if missing:
         msg = (
             f"mdata.mod[{mod!r}].obs[{split_key!r}] (split_key) has no {missing} cells; training needs "
-            f"'train' and 'val' (found {sorted(set(split))}). Run mm.pp.assign_split first."
+            f"'train' and 'val' (found {sorted(set(split))}). {SPLIT_REMEDY}"
         )
         raise ContractError(msg)
     return split

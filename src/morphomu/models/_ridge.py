@@ -22,6 +22,7 @@ from .._core import (
 from .._errors import ContractError, MorphomuError
 from .._validation import check_args, check_obs_keys
 from ..module._ridge import RidgeModule
+from ..pp._split import SPLIT_REMEDY
 from ._base import MorphomuModel
 from ._paired import PairedSetupMixin
 from ._phenoseq_checks import check_n_cells, imaging_fit_rows, select_samples
@@ -161,7 +162,7 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
         if not train.any():
             msg = (
                 f"mdata.mod[{a['rna_mod']!r}].obs[{split_key!r}] (split_key) has no 'train' cells; the ridge is fit "
-                f"on the train samples (found {sorted(set(rna_split))}). Run mm.pp.assign_split first."
+                f"on the train samples (found {sorted(set(rna_split))}). {SPLIT_REMEDY}"
             )
             raise ContractError(msg)
         img_samples = img.obs[sk].astype(str).to_numpy()

@@ -80,8 +80,11 @@ class Trident(EMATrainingMixin, MorphomuModel):
     mdata
         MuData registered with :meth:`setup_mudata`.
     preset
-        ``'paper'`` (DiT-XL/2: 28 layers, width 1152, 16 heads, patch 2, for 512 px tiles through Stable
-        Diffusion's VAE layout), ``'fast'`` (CPU-sized) or ``'tiny'`` (tests). The sizes below override it.
+        ``'fast'`` (default: CPU-sized), ``'paper'`` (DiT-XL/2: 28 layers, width 1152, 16 heads, patch 2,
+        for 512 px tiles through Stable Diffusion's VAE layout; for a GPU) or ``'tiny'`` (tests). It
+        chooses the network sizes, the training regime (:meth:`train`'s defaults, ``prediction_type``) and
+        the preset of the image VAE built when ``image_vae`` is ``None``; the sizes below override the
+        network's one by one and leave the training regime the preset's (kept in ``model.preset``).
     use_rna
         Condition on expression through the condition VAE (the paper). ``False`` is the paper's ablation:
         no condition VAE at all, the compound embedding alone conditions the generator.
@@ -368,14 +371,17 @@ class Trident(EMATrainingMixin, MorphomuModel):
         verbose: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
-        """Train the condition VAE and the diffusion transformer jointly on cached image latents.
+        """Train the image VAE first for ``vae_epochs`` when the model has no trained one, then Trident.
 
-        The image VAE is trained first when it is untrained (``vae_epochs``), then frozen: the train and
-        validation tiles of the training compounds are encoded once, and each step draws latents with their
-        (compound, round) conditions. AdamW with warm-up + cosine learning rate, gradient clipping 1.0 and an
-        EMA of the weights (used by :meth:`generate` and :meth:`save`). The image VAE's training uses the same
-        ``accelerator``, ``devices``, ``strategy``, ``precision`` and ``seed``, and checkpoints into
-        ``checkpoint_dir/image_vae``.
+        A Trident built with ``image_vae=None`` has an untrained image VAE: this call trains it first
+        (``vae_epochs`` epochs, by default the image VAE preset's: 50 for ``fast``), which a line on stdout
+        announces and whose progress bar reads ``'Image VAE: epoch i/N'``; give a trained ``image_vae`` to
+        skip it. The image VAE is then frozen: the train and validation tiles of the training compounds are
+        encoded once, and the condition VAE and the diffusion transformer train jointly (``max_epochs``),
+        each step drawing latents with their (compound, round) conditions. AdamW with warm-up + cosine
+        learning rate, gradient clipping 1.0 and an EMA of the weights (used by :meth:`generate` and
+        :meth:`save`). The image VAE's training uses the same ``accelerator``, ``devices``, ``strategy``,
+        ``precision`` and ``seed``, and checkpoints into ``checkpoint_dir/image_vae``.
 
         Parameters
         ----------
@@ -386,7 +392,8 @@ class Trident(EMATrainingMixin, MorphomuModel):
         lr
             Peak learning rate; default 1e-4 (``paper``), 3e-4 (``fast``), 1e-3 (``tiny``).
         vae_epochs
-            Epochs of image-VAE training when it is untrained (default: the ImageVAE preset's default).
+            Epochs of image-VAE training, run first when the image VAE is untrained (default: the image
+            VAE preset's, 100 ``paper``, 50 ``fast``, 20 ``tiny``); ignored when it is trained.
         weight_decay
             AdamW weight decay (0 as DiT).
         warmup_epochs

@@ -19,6 +19,7 @@ from .._core import expression_rows
 from .._errors import ContractError
 from .._threads import keep_torch_threads
 from .._validation import check_obs_keys
+from ..pp._split import SPLIT_REMEDY
 from ._trident_checks import CHUNK_ROWS, compound_smiles, labels
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def image_rows(img: AnnData, setup: Mapping[str, Any]) -> tuple[np.ndarray, np.n
     if train.size == 0:
         msg = (
             f"mdata.mod[{setup['image_mod']!r}].obs[{setup['split_key']!r}] (split_key) has no 'train' images of the "
-            f"training compounds (found {sorted(set(split))}). Run mm.pp.assign_split first."
+            f"training compounds (found {sorted(set(split))}). {SPLIT_REMEDY}"
         )
         raise ContractError(msg)
     return train, val

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 
 from .. import _constants as C
 from .._errors import MorphomuError
@@ -30,6 +33,36 @@ __all__ = [
 
 #: Trainer arguments of a Trident's ``train`` that its image VAE's training takes too.
 _SHARED_TRAINER_KWARGS = ("enable_progress_bar", "logger", "enable_model_summary")
+#: Label of the image VAE's progress bar (its epochs would otherwise read like Trident's own).
+IMAGE_VAE_BAR = "Image VAE"
+
+
+class _LabelBar(Callback):
+    """Prefixes the progress bar's description with ``label``: ``'Image VAE: epoch 3/50'``.
+
+    Set at each epoch's first batch, after every callback's epoch start (scvi-tools' bar writes
+    ``'Epoch 3/50'`` then); a disabled progress bar, or one of a kind without a training bar, is left alone.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx:
+            return
+        progress = trainer.progress_bar_callback
+        bar = getattr(progress, "main_progress_bar", None) or getattr(progress, "train_progress_bar", None)
+        if progress is None or not progress.is_enabled or not hasattr(bar, "set_description"):
+            return
+        bar.set_description(f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
+@rank_zero_only
+def _notice(text: str) -> None:
+    """One line on stdout, where scvi-tools' progress bars are drawn (``tqdm.write`` keeps open bars intact)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=sys.stdout)
 
 
 def resolve_image_vae(
@@ -75,15 +108,25 @@ def train_image_vae(image_vae: ImageVAE, args: Mapping[str, Any]) -> None:
     """Train the image VAE when it is untrained (``vae_epochs``), with a Trident run's devices and seed.
 
     ``args`` are the Trident's ``train`` arguments; its checkpoints go to ``checkpoint_dir/image_vae``.
+    A line on stdout says that the image VAE trains first and for how many epochs, and its progress bar
+    reads ``'Image VAE: epoch i/N'``, so that its epochs are not taken for Trident's.
     """
     if image_vae.is_trained_:
         return
     if args["vae_epochs"] == 0:
         msg = "the image VAE is untrained and vae_epochs=0; give vae_epochs > 0 or a trained image_vae."
         raise MorphomuError(msg)
+    epochs = args["vae_epochs"]
+    if epochs is None:  # the image VAE's preset's default, named in the notice
+        epochs = image_vae._train_defaults[image_vae.preset]["max_epochs"]
+    _notice(
+        f"Training the image VAE first (vae_epochs={int(epochs)}): this Trident has no trained image VAE. "
+        f"Trident's own training (max_epochs={int(args['max_epochs'])}) follows."
+    )
+    trainer_kwargs = {k: v for k, v in args["trainer_kwargs"].items() if k in _SHARED_TRAINER_KWARGS}
     checkpoint_dir, ckpt_path = args["checkpoint_dir"], args["ckpt_path"]
     image_vae.train(
-        max_epochs=args["vae_epochs"],
+        max_epochs=int(epochs),
         accelerator=args["accelerator"],
         devices=args["devices"],
         strategy=args["strategy"],
@@ -93,7 +136,8 @@ def train_image_vae(image_vae: ImageVAE, args: Mapping[str, Any]) -> None:
         checkpoint_every_n_steps=args["checkpoint_every_n_steps"],
         ckpt_path=None if ckpt_path is None else "last",
         verbose=args["verbose"],
-        **{k: v for k, v in args["trainer_kwargs"].items() if k in _SHARED_TRAINER_KWARGS},
+        callbacks=[_LabelBar(IMAGE_VAE_BAR)],
+        **trainer_kwargs,
     )
 
 

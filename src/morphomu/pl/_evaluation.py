@@ -11,10 +11,21 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import renamed_arguments
 from .._docs import SHOW_SAVE_DOC, doc_params
 from .._errors import ContractError, MorphomuError
 from .._threads import keep_torch_threads
-from .._validation import check_mudata, check_obs_keys, check_rep, get_mod
+from .._uns import AUTO, known_keys, plain
+from .._validation import (
+    TEST_SPLITS,
+    check_mudata,
+    check_obs_keys,
+    check_rep,
+    get_mod,
+    rep_shape,
+    splits_of,
+    where,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,6 +53,16 @@ def _entry(mdata: MuData, key: str, tool: str) -> Mapping[str, Any]:
         raise ContractError(msg) from None
 
 
+#: Colour key of the rank bars: (label, colour, upper bound of the rank, inclusive).
+RANK_COLOURS = (("rank 1", "tab:green", 1), ("rank 2-4", "tab:olive", 4), ("rank > 4", "tab:red", np.inf))
+#: Colour key of the specificity bars.
+SPECIFICITY_COLOURS = (("specificity > 0", "tab:blue"), ("specificity <= 0", "tab:gray"))
+
+
+def _rank_colours(rank: np.ndarray) -> list[str]:
+    return [next(colour for _, colour, top in RANK_COLOURS if r <= top) for r in rank]
+
+
 @doc_params(show_save=SHOW_SAVE_DOC)
 def fidelity(
     mdata: MuData,
@@ -54,6 +75,11 @@ def fidelity(
 ) -> Sequence[Axes]:
     """Retrieval rank and specificity per condition, from :func:`morphomu.tl.fidelity` (the paper's Table 3).
 
+    Left, the retrieval rank of each condition's real centroid among all real centroids seen from its
+    synthetic centroid, coloured green (rank 1), olive (2-4) or red (> 4); right, its specificity,
+    blue when positive (closer to its own real centroid than to the others on average), grey otherwise.
+    A colour key explains both.
+
     Parameters
     ----------
     mdata
@@ -63,7 +89,8 @@ def fidelity(
     sort_by
         A column of the fidelity table to order the conditions by (ties broken by specificity).
     ax
-        Two Axes to draw into (rank, specificity); a new figure otherwise.
+        Two Axes to draw into (rank, specificity); a new figure otherwise. The colour key is a figure
+        legend below the panels in a new figure, a legend in each panel otherwise.
     {show_save}
 
     Returns
@@ -72,63 +99,119 @@ def fidelity(
 
     Examples
     --------
+    ``mdata`` holds real and synthetic RNA embeddings (e.g. from :func:`morphomu.tl.generate_rna`):
+
     >>> import morphomu as mm
-    >>> mm.tl.fidelity(mdata)  # doctest: +SKIP
-    >>> mm.pl.fidelity(mdata, save="fidelity.png")  # doctest: +SKIP
+    >>> mm.tl.fidelity(mdata)
+    >>> axes = mm.pl.fidelity(mdata)
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    table = _entry(mdata, key, "fidelity")["table"]
+    entry = _entry(mdata, key, "fidelity")
+    table = entry["table"]
     if sort_by not in table.columns:
         msg = (
             f"sort_by={sort_by!r} is not a column of the fidelity table; choose one of {list(table.columns)}."
         )
         raise MorphomuError(msg)
+    if ax is not None and len(list(ax)) != 2:
+        msg = f"ax must be two Axes (rank, specificity), got {len(list(ax))}."
+        raise MorphomuError(msg)
     table = table.sort_values([sort_by, "specificity"], ascending=[sort_by == "rank", False])
-    if ax is None:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 0.28 * len(table) + 1.5), sharey=True)
+    own_figure = ax is None
+    if own_figure:
+        fig, axes = plt.subplots(
+            1, 2, figsize=(9, 0.28 * len(table) + 2.0), sharey=True, layout="constrained"
+        )
     else:
         axes = list(ax)
-        if len(axes) != 2:
-            msg = f"ax must be two Axes (rank, specificity), got {len(axes)}."
-            raise MorphomuError(msg)
         fig = axes[0].figure
     y = np.arange(len(table))
     rank = table["rank"].to_numpy()
-    colours = np.where(rank == 1, "tab:green", np.where(rank <= 4, "tab:olive", "tab:red"))
-    axes[0].barh(y, rank, color=colours)
+    axes[0].barh(y, rank, color=_rank_colours(rank))
     axes[0].set_yticks(y, table.index.astype(str))
     axes[0].invert_yaxis()
     axes[0].axvline(1, color="k", lw=0.8)
     axes[0].set_xlabel("retrieval rank (1 = nearest)")
     spec = table["specificity"].to_numpy()
-    axes[1].barh(y, spec, color=np.where(spec > 0, "tab:blue", "tab:gray"))
+    axes[1].barh(y, spec, color=[SPECIFICITY_COLOURS[0 if v > 0 else 1][1] for v in spec])
     axes[1].axvline(0, color="k", lw=0.8)
     axes[1].set_xlabel("specificity")
-    summary = _entry(mdata, key, "fidelity").get("summary", {})
+    summary = entry.get("summary", {})
     if "mrr" in summary:
         axes[0].set_title(
             f"Acc@1 = {float(summary['accuracy_at_1']):.2f}, MRR = {float(summary['mrr']):.2f}, "
             f"rank ≤ 4: {int(summary['n_rank_le_4'])}/{len(table)}"
         )
-    fig.tight_layout()
+    rank_key = [Patch(color=colour, label=label) for label, colour, _ in RANK_COLOURS]
+    spec_key = [Patch(color=colour, label=label) for label, colour in SPECIFICITY_COLOURS]
+    if own_figure:
+        fig.legend(
+            handles=rank_key + spec_key,
+            loc="outside lower center",
+            ncol=len(rank_key) + len(spec_key),
+            frameon=False,
+            fontsize="small",
+        )
+    else:  # the caller owns the layout: keep the key inside each panel
+        axes[0].legend(handles=rank_key, loc="best", fontsize="small")
+        axes[1].legend(handles=spec_key, loc="best", fontsize="small")
     _finish(fig, show=show, save=save)
     return axes
 
 
+def _overlay_keys(mdata: MuData, key: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Keys of :func:`embedding_overlay`: the caller's, else the fidelity record's, else the producers'."""
+    entry = mdata.uns.get(C.UNS_KEY, {}).get(key)
+    params: dict[str, Any] = {}
+    if isinstance(entry, Mapping) and isinstance(entry.get("params"), Mapping):
+        params = {str(k): plain(v) for k, v in entry["params"].items()}
+        if "treatment_key" not in params and "groupby" in params:  # records written before the rename
+            params["treatment_key"] = params["groupby"]
+    synthetic = given["synthetic"] or params.get("synthetic") or C.RNA_SYNTHETIC_MOD
+    produced = known_keys(mdata, synthetic)
+    real = given["real"] or params.get("real") or produced.get("real") or C.RNA_MOD
+    # the record describes these cells only if it compared these two modalities
+    record = params if (params.get("real"), params.get("synthetic")) == (real, synthetic) else {}
+    known = {**known_keys(mdata, real), **produced}
+    rep = given["rep"]
+    if rep == AUTO:
+        rep = record["rep"] if "rep" in record else known.get("rep", C.RNA_REP)
+    synthetic_rep = given["synthetic_rep"]
+    if synthetic_rep == AUTO:
+        synthetic_rep = record.get("synthetic_rep", rep)
+    splits = given["splits"]
+    if isinstance(splits, str) and splits == AUTO:
+        splits = record.get("splits", TEST_SPLITS)
+    return {
+        "real": real,
+        "synthetic": synthetic,
+        "rep": rep,
+        "synthetic_rep": synthetic_rep,
+        "treatment_key": given["treatment_key"]
+        or record.get("treatment_key")
+        or known.get("treatment_key", C.TREATMENT_KEY),
+        "split_key": given["split_key"] or record.get("split_key") or known.get("split_key", C.SPLIT_KEY),
+        "splits": splits,
+    }
+
+
+@renamed_arguments(groupby="treatment_key")
 @doc_params(show_save=SHOW_SAVE_DOC)
 def embedding_overlay(
     mdata: MuData,
     *,
-    real: str = C.RNA_MOD,
-    synthetic: str = C.RNA_SYNTHETIC_MOD,
-    rep: str | None = C.RNA_REP,
-    groupby: str = C.TREATMENT_KEY,
+    key: str = "fidelity",
+    real: str | None = None,
+    synthetic: str | None = None,
+    rep: str | None = AUTO,
+    synthetic_rep: str | None = AUTO,
+    treatment_key: str | None = None,
     conditions: Sequence[str] | None = None,
     n_top: int = 8,
-    key: str = "fidelity",
-    splits: Sequence[str] | None = C.HELD_OUT_SPLITS,
-    split_key: str = C.SPLIT_KEY,
+    splits: Sequence[str] | str | None = AUTO,
+    split_key: str | None = None,
     max_cells: int = 300,
     n_neighbors: int = 15,
     seed: int = 0,
@@ -138,31 +221,46 @@ def embedding_overlay(
 ) -> Axes:
     """UMAP of real (●) and synthetic (▲) cells of a few conditions, centroids marked (the paper's Figure 2).
 
-    The UMAP (scanpy: neighbours on ``rep``, then UMAP) is computed on a private AnnData of the drawn
-    cells; ``mdata`` is not modified. Centroids are the mean UMAP position of each condition's real and
-    synthetic cells (large edged markers).
+    The UMAP (scanpy: neighbours on the representation, then UMAP) is computed on a private AnnData of
+    the drawn cells; ``mdata`` is not modified. Centroids are the mean UMAP position of each condition's
+    real and synthetic cells (large edged markers). By default it shows what :func:`morphomu.tl.fidelity`
+    (its record ``uns['morphomu'][key]``) compared: the same modalities, representations, condition
+    column and splits.
 
     Parameters
     ----------
     mdata
         The experiment.
-    real, synthetic
-        Modalities of the real and synthetic cells.
+    key
+        The fidelity result (``key_added`` of :func:`~morphomu.tl.fidelity`) whose parameters and ranking
+        are used.
+    real
+        Modality of the real cells; default: from the record ``key``, else the real modality recorded by
+        the step that wrote ``synthetic``, else ``'rna'``.
+    synthetic
+        Modality of the synthetic cells; default: from the record ``key``, else ``'rna_synthetic'``.
     rep
-        Representation compared (``.obsm`` key, or ``None`` for ``.X``), the same in both.
-    groupby
-        obs column with the condition.
+        Representation of the real cells (``.obsm`` key, or ``None`` for ``.X``); default (``'auto'``):
+        from the record ``key``, else from the record of the step that wrote ``synthetic``, else
+        ``'X_scgpt'``.
+    synthetic_rep
+        Representation of the synthetic cells (the same number of features as ``rep``); default
+        (``'auto'``): from the record ``key``, else ``rep``.
+    treatment_key
+        obs column with the condition (formerly ``groupby``); default: from the record ``key``, else from
+        the record of the step that wrote ``synthetic``, else ``'treatment'``.
     conditions
         Conditions to show; default the ``n_top`` best ranked in ``uns['morphomu'][key]`` (by rank, then
         specificity), or the ``n_top`` most frequent real conditions when no fidelity result exists.
     n_top
         Number of conditions when ``conditions`` is not given.
-    key
-        The fidelity result to rank conditions by.
     splits
-        Split labels of the cells drawn (``None``: all cells).
+        Split labels of the cells drawn: a sequence, ``'test'`` (every label of ``split_key`` other than
+        ``'train'`` and ``'val'``) or ``None`` (every cell); default (``'auto'``): from the record ``key``,
+        else ``'test'``.
     split_key
-        obs column with the split labels.
+        obs column with the split labels; default: from the record ``key``, else from the record of the
+        step that wrote ``synthetic``, else ``'split'``.
     max_cells
         Cells drawn per condition and side (deterministic, ``seed``).
     n_neighbors
@@ -176,6 +274,14 @@ def embedding_overlay(
     Returns
     -------
     The Axes.
+
+    Examples
+    --------
+    ``mdata`` holds real and synthetic RNA embeddings (e.g. from :func:`morphomu.tl.generate_rna`):
+
+    >>> import morphomu as mm
+    >>> mm.tl.fidelity(mdata)
+    >>> ax = mm.pl.embedding_overlay(mdata, n_top=4, max_cells=50)
     """
     import anndata as ad
     import matplotlib.pyplot as plt
@@ -183,39 +289,72 @@ def embedding_overlay(
     import seaborn as sns
     from scipy.sparse import SparseEfficiencyWarning
 
-    sides = {"real": real, "synthetic": synthetic}
-    labels = {}
+    check_mudata(mdata)
+    keys = _overlay_keys(
+        mdata,
+        key,
+        {
+            "real": real,
+            "synthetic": synthetic,
+            "rep": rep,
+            "synthetic_rep": synthetic_rep,
+            "treatment_key": treatment_key,
+            "split_key": split_key,
+            "splits": splits,
+        },
+    )
+    treatment_key, split_key = keys["treatment_key"], keys["split_key"]
+    sides = {"real": keys["real"], "synthetic": keys["synthetic"]}
+    reps = {"real": keys["rep"], "synthetic": keys["synthetic_rep"]}
+    labels, n_features = {}, {}
     for side, mod in sides.items():
         adata = get_mod(mdata, mod, arg=side)
-        check_rep(adata, rep, mod=mod, arg="rep")
-        check_obs_keys(
-            adata, {"groupby": groupby, **({"split_key": split_key} if splits is not None else {})}, mod=mod
+        arg = "rep" if side == "real" else "synthetic_rep"
+        check_rep(adata, reps[side], mod=mod, arg=arg)
+        n_features[side] = rep_shape(adata, reps[side], mod=mod, arg=arg)[1]
+        check_obs_keys(adata, {"treatment_key": treatment_key}, mod=mod)
+        if keys["splits"] is not None:
+            check_obs_keys(adata, {"split_key": split_key}, mod=mod)
+        labels[side] = adata.obs[treatment_key].astype(str).to_numpy()
+    if n_features["real"] != n_features["synthetic"]:
+        msg = (
+            f"{where(sides['real'], reps['real'])} has {n_features['real']} features but "
+            f"{where(sides['synthetic'], reps['synthetic'])} has {n_features['synthetic']}; the overlay "
+            "embeds both in one space (pass rep / synthetic_rep of the same kind)."
         )
-        labels[side] = adata.obs[groupby].astype(str).to_numpy()
+        raise ContractError(msg)
+    splits = splits_of(mdata.mod[sides["real"]], keys["splits"], split_key, mod=sides["real"])
     if conditions is None:
         entry = mdata.uns.get(C.UNS_KEY, {}).get(key)
-        if entry is not None and "table" in entry:
+        if isinstance(entry, Mapping) and "table" in entry:
             table = entry["table"].sort_values(["rank", "specificity"], ascending=[True, False])
             conditions = [str(c) for c in table.index[:n_top]]
         else:
             conditions = pd.Series(labels["real"]).value_counts().index[:n_top].tolist()
     conditions = [str(c) for c in conditions]
     rng = np.random.default_rng(seed)
-    blocks, obs = [], []
+    masks = {}
     for side, mod in sides.items():
         adata = mdata.mod[mod]
         mask = np.isin(labels[side], conditions)
         if splits is not None:
-            mask &= adata.obs[split_key].astype(str).isin(list(splits)).to_numpy()
+            mask &= adata.obs[split_key].astype(str).isin(splits).to_numpy()
         missing = sorted(set(conditions) - set(labels[side][mask]))
         if missing:
-            msg = f"mdata.mod[{mod!r}] has no cells of {missing[:5]} (obs[{groupby!r}]) in the chosen splits."
+            msg = (
+                f"mdata.mod[{mod!r}] has no cells of {missing[:5]} (obs[{treatment_key!r}]) in "
+                f"splits={splits} (obs[{split_key!r}])."
+            )
             raise ContractError(msg)
+        masks[side] = mask
+    blocks, obs = [], []
+    for side, mod in sides.items():
+        adata = mdata.mod[mod]
+        matrix = adata.X if reps[side] is None else adata.obsm[reps[side]]
         for cond in conditions:
-            rows = np.flatnonzero(mask & (labels[side] == cond))
+            rows = np.flatnonzero(masks[side] & (labels[side] == cond))
             if rows.size > max_cells:
                 rows = np.sort(rng.choice(rows, max_cells, replace=False))
-            matrix = adata.X if rep is None else adata.obsm[rep]
             block = matrix[rows]
             blocks.append(
                 np.asarray(block.toarray() if hasattr(block, "toarray") else block, dtype=np.float32)
@@ -236,7 +375,7 @@ def embedding_overlay(
     frame["condition"] = pd.Categorical(cells.obs["condition"], categories=conditions)
     frame["source"] = cells.obs["source"].to_numpy()
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 6))
+        _, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     palette = dict(
         zip(
             conditions,
@@ -272,15 +411,36 @@ def embedding_overlay(
 
     handles = [Line2D([], [], ls="", marker="s", color=palette[c], label=c) for c in conditions]
     handles += [Line2D([], [], ls="", marker=m, color="gray", label=s) for s, m in markers.items()]
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")
+    ax.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+        fontsize="small",
+        title=treatment_key,
+    )
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{rep or 'X'}: real (●) vs synthetic (▲)")
-    ax.figure.tight_layout()
+    rep_names = {reps["real"] or "X", reps["synthetic"] or "X"}
+    ax.set_title(f"{' / '.join(sorted(rep_names))}: real (●) vs synthetic (▲)")
     _finish(ax.figure, show=show, save=save)
     return ax
+
+
+def _inputs_label(params: Mapping[str, Any], key: str) -> str:
+    """What a classify record classified from, e.g. ``'img/X_vit + rna_synthetic/X_scgpt'`` (else ``key``)."""
+    inputs = plain(params.get("inputs"))
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not inputs:
+        return key
+    # inputs are recorded as 'mod:rep'; a slash reads as a path into the MuData
+    label = " + ".join(str(i).replace(":", "/", 1) for i in inputs)
+    if plain(params.get("setting")) == "multi":
+        label += f" (multi-profile, k={plain(params.get('k'))})"
+    return label
 
 
 def _classification_frame(data: Any, keys: str | Sequence[str] | None) -> tuple[pd.DataFrame, float | None]:
@@ -302,13 +462,13 @@ def _classification_frame(data: Any, keys: str | Sequence[str] | None) -> tuple[
         msg = f"data must be a MuData, a results DataFrame or a dict of them, got {type(data).__name__}."
         raise MorphomuError(msg)
     keys = ["classify"] if keys is None else [keys] if isinstance(keys, str) else list(keys)
+    entries = {key: _entry(data, key, "classify") for key in keys}
+    labels = {key: _inputs_label(entry.get("params", {}), key) for key, entry in entries.items()}
+    counts = pd.Series(list(labels.values())).value_counts()
     frames, chance = [], None
-    for key in keys:
-        entry = _entry(data, key, "classify")
-        params = entry.get("params", {})
-        label = key
-        if len(keys) == 1 and "inputs" in params:
-            label = f"{' + '.join(map(str, params['inputs']))} ({params.get('setting', '')})"
+    for key, entry in entries.items():
+        # two results of the same inputs (e.g. other seeds or hparams) keep apart by their key
+        label = labels[key] if counts[labels[key]] == 1 or labels[key] == key else f"{labels[key]} [{key}]"
         frames.append(pd.DataFrame(entry["results"]).assign(method=label))
         chance = float(entry["chance"]) if "chance" in entry else chance
     return pd.concat(frames, ignore_index=True), chance
@@ -327,13 +487,16 @@ def classification(
 ) -> Axes:
     """Grouped bars of a classification metric per test set and method, mean ± std over runs, with chance.
 
-    The picture of the PhenoSeq paper's Tables 1 and 2.
+    The picture of the PhenoSeq paper's Tables 1 and 2. In a new figure the bars set the width and the
+    legend sits below them, so long names or many methods never squeeze the bars.
 
     Parameters
     ----------
     data
-        A MuData that :func:`morphomu.tl.classify` wrote into (``keys`` name the results, one bar group
-        per key), a results DataFrame (with an optional ``method`` column) or a dict ``{label: results}``.
+        A MuData that :func:`morphomu.tl.classify` wrote into (``keys`` name the results, one bar per key
+        and test set, labelled by the inputs it classified from, e.g. ``'img/X_vit + rna_synthetic/X_scgpt'``,
+        or by its key when the record names no inputs), a results DataFrame (with an optional ``method``
+        column) or a dict ``{label: results}``.
     keys
         Entries of ``uns['morphomu']`` to show (default ``'classify'``).
     metric
@@ -347,6 +510,16 @@ def classification(
     Returns
     -------
     The Axes.
+
+    Examples
+    --------
+    ``mdata`` holds the results of two :func:`morphomu.tl.classify` calls, with ``key_added``
+    ``'classify_image'`` (``inputs=('img', 'X_vit')``) and ``'classify_both'``
+    (``inputs=[('img', 'X_vit'), ('rna_synthetic', 'X_scgpt')]``):
+
+    >>> import morphomu as mm
+    >>> ax = mm.pl.classification(mdata, keys=["classify_image", "classify_both"])
+    >>> ax = mm.pl.classification(mdata, keys="classify_both", metric="macro_f1")
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -400,7 +573,15 @@ def training_history(
 
     Returns
     -------
-    The Axes of the losses (metrics share its x axis on a twin).
+    The Axes of the losses (metrics share its x axis on a twin); the epoch axis has whole-number ticks.
+
+    Examples
+    --------
+    ``model`` is a trained model, e.g. the one :func:`morphomu.tl.generate_rna` returns:
+
+    >>> import morphomu as mm
+    >>> ax = mm.pl.training_history(model)
+    >>> ax = mm.pl.training_history(model.history, keys=["train_loss"])
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
-from .._core import channel_names
+from .._core import channel_names, renamed_arguments
 from .._docs import SHOW_SAVE_DOC, doc_params
 from .._errors import ContractError
 from .._threads import keep_torch_threads
+from .._uns import AUTO, known_keys, plain, records
 from .._validation import check_obs_keys, check_rep, get_mod, get_rep
 from ._evaluation import _finish
 
@@ -37,26 +38,70 @@ STAIN_COLOURS = {
 SOURCE_COLOURS = {"control": "tab:blue", "real": "tab:orange", "generated": "tab:green"}
 
 
-def _sides(real: Any, generated: Any, mod: str) -> tuple[AnnData, AnnData | None]:
+def _sides(data: Any, generated: Any, mod: str) -> tuple[AnnData, AnnData | None]:
     from anndata import AnnData
     from mudata import MuData
 
-    if isinstance(real, MuData):
-        real_ad = get_mod(real, mod, arg="mod")
+    if isinstance(data, MuData):
+        real_ad = get_mod(data, mod, arg="mod")
         if isinstance(generated, str):
-            generated = get_mod(real, generated, arg="generated")
-    elif isinstance(real, AnnData):
-        real_ad = real
+            if generated not in data.mod:
+                msg = (
+                    f"generated={generated!r} is not a modality of the MuData (it has {sorted(data.mod)}); "
+                    "run mm.tl.generate_morphology first, name the generated modality, or pass "
+                    "generated=None for real tiles only."
+                )
+                raise ContractError(msg)
+            generated = data.mod[generated]
+    elif isinstance(data, AnnData):
+        real_ad = data
         if isinstance(generated, str):
-            msg = f"generated={generated!r} names a modality, which needs real to be a MuData."
+            msg = f"generated={generated!r} names a modality, which needs mdata to be a MuData."
             raise ContractError(msg)
     else:
-        msg = f"real must be a MuData or an AnnData, got {type(real).__name__}."
+        msg = f"mdata must be a MuData or an AnnData, got {type(data).__name__}."
         raise ContractError(msg)
     if generated is not None and not isinstance(generated, AnnData):
         msg = f"generated must be a modality name, an AnnData or None, got {type(generated).__name__}."
         raise ContractError(msg)
     return real_ad, generated
+
+
+def _data_keys(data: Any, generated: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """``mod``, ``treatment_key``, ``images_key``, ``control`` and the recorded reps: keys follow the data.
+
+    Each is the caller's value, else what the record of :func:`~morphomu.tl.generate_morphology` that wrote
+    ``generated`` says (its real modality, obs column, tile key and control), else what records of steps
+    that used the real modality say, else the contract default. A plain AnnData carries no records of
+    another modality, so it gets the contract defaults.
+    """
+    from mudata import MuData
+
+    produced: dict[str, Any] = {}
+    control = None
+    mod = given.get("mod")
+    known_real: dict[str, Any] = {}
+    if isinstance(data, MuData):
+        if isinstance(generated, str):
+            produced = known_keys(data, generated)
+            for key, entry in records(data, tool="generate_morphology"):
+                if key == generated:
+                    control = plain(entry["params"].get("control"))
+        mod = mod or produced.get("real") or C.IMAGE_MOD
+        known_real = known_keys(data, mod)
+    known = {**known_real, **produced}
+    return {
+        "mod": mod or C.IMAGE_MOD,
+        "treatment_key": given.get("treatment_key") or known.get("treatment_key", C.TREATMENT_KEY),
+        "images_key": given.get("images_key") or known.get("images_key", C.IMAGES_KEY),
+        "control": given.get("control") or control or C.CONTROL,
+        "generated_rep": produced.get("rep"),
+        "real_rep": known_real.get("rep"),
+    }
+
+
+def _has_tiles(adata: AnnData, images_key: str) -> bool:
+    return images_key in adata.obsm and np.ndim(adata.obsm[images_key]) == 4
 
 
 def _palette(names: Sequence[str]) -> np.ndarray:
@@ -116,16 +161,17 @@ def _pick(labels: np.ndarray, group: str, n: int, rng: np.random.Generator) -> n
     return np.sort(rng.choice(rows, min(n, rows.size), replace=False)) if rows.size else rows
 
 
+@renamed_arguments(groupby="treatment_key", real="mdata")
 @doc_params(show_save=SHOW_SAVE_DOC)
 def images(
-    real: MuData | AnnData,
+    mdata: MuData | AnnData,
     generated: str | AnnData | None = C.IMAGE_SYNTHETIC_MOD,
     *,
-    mod: str = C.IMAGE_MOD,
-    groupby: str = C.TREATMENT_KEY,
+    mod: str | None = None,
+    treatment_key: str | None = None,
     groups: Sequence[str] | None = None,
     n_per_group: int = 4,
-    images_key: str = C.IMAGES_KEY,
+    images_key: str | None = None,
     channel_names: Sequence[str] | None = None,
     mode: Literal["composite", "channels"] = "composite",
     seed: int = 0,
@@ -137,25 +183,31 @@ def images(
     One row per group and source (real, then generated); ``n_per_group`` tiles drawn at random
     (``seed``). With ``mode='composite'`` a tile is one false-colour image of **all** its channels
     (:func:`composite`: each channel scaled by its 99.5th percentile over the shown tiles, coloured DNA
-    blue, RNA cyan, AGP red, Mito magenta, ER green, and added); with ``mode='channels'`` every channel
-    is shown separately in grey (one column per tile and channel). Channels are never dropped.
+    blue, RNA cyan, AGP red, Mito magenta, ER green, and added), and a colour key below the grid says
+    which stain is which colour; with ``mode='channels'`` every channel is shown separately in grey (one
+    column per tile and channel, titled by channel). Channels are never dropped.
 
     Parameters
     ----------
-    real
-        MuData (modality ``mod``) or AnnData with real tiles in ``.obsm[images_key]``.
+    mdata
+        MuData with the real tiles (modality ``mod``) and usually the generated ones, or an AnnData with
+        real tiles in ``.obsm[images_key]`` (formerly ``real``).
     generated
-        Generated tiles: a modality name of ``real``, an AnnData, or ``None`` for real tiles only.
+        Generated tiles: a modality of ``mdata`` written by :func:`morphomu.tl.generate_morphology`, an
+        AnnData, or ``None`` for real tiles only.
     mod
-        Modality of the real tiles in a MuData.
-    groupby
-        obs column with the groups.
+        Modality of the real tiles in a MuData; default: from the record of the step that wrote
+        ``generated``, else ``'img'``.
+    treatment_key
+        obs column with the groups (formerly ``groupby``); default: from the record of the step that wrote
+        ``generated``, else ``'treatment'``.
     groups
         Groups to show (rows); default every group of the generated set (or of the real set), at most 8.
     n_per_group
         Tiles per group and source.
     images_key
-        ``.obsm`` key of the tiles (n x C x H x W).
+        ``.obsm`` key of the tiles (n x C x H x W); default: from the record of the step that wrote
+        ``generated``, else ``'images'``.
     channel_names
         Channel names (default the stored names, or the Cell Painting stains for five channels).
     mode
@@ -170,12 +222,22 @@ def images(
 
     Examples
     --------
+    ``mdata`` holds real tiles and tiles :func:`morphomu.tl.generate_morphology` wrote for a few
+    compounds. The control is generated only when listed in its ``compounds``, so compare treated
+    compounds, and show the control among real tiles alone:
+
     >>> import morphomu as mm
-    >>> mm.pl.images(mdata, "img_synthetic", groups=["DMSO", "Colchicine"])  # doctest: +SKIP
+    >>> fig = mm.pl.images(mdata, groups=["Colchicine", "Cycloheximide"])
+    >>> fig = mm.pl.images(mdata, None, groups=["DMSO", "Colchicine"], mode="channels")
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    real_ad, gen_ad = _sides(real, generated, mod)
+    keys = _data_keys(
+        mdata, generated, {"mod": mod, "treatment_key": treatment_key, "images_key": images_key}
+    )
+    treatment_key, images_key = keys["treatment_key"], keys["images_key"]
+    real_ad, gen_ad = _sides(mdata, generated, keys["mod"])
     sides = [("real", real_ad)] + ([("generated", gen_ad)] if gen_ad is not None else [])
     if mode not in ("composite", "channels"):
         msg = f"mode must be 'composite' or 'channels', got {mode!r}."
@@ -185,24 +247,30 @@ def images(
         raise ContractError(msg)
     shapes = []
     for side, adata in sides:
-        if images_key not in adata.obsm or np.ndim(adata.obsm[images_key]) != 4:
-            msg = f"{side} data has no tiles (n x C x H x W) in .obsm[{images_key!r}]."
+        if not _has_tiles(adata, images_key):
+            msg = f"{side} data has no tiles (n x C x H x W) in .obsm[{images_key!r}] (images_key)."
             raise ContractError(msg)
-        check_obs_keys(adata, {"groupby": groupby}, mod=None)
+        check_obs_keys(adata, {"treatment_key": treatment_key}, mod=None)
         shapes.append(tuple(adata.obsm[images_key].shape[1:]))
     if len(set(shapes)) != 1:
         msg = f"real and generated tiles differ in shape: {shapes}."
         raise ContractError(msg)
     n_channels = shapes[0][0]
     names = _channel_names(real_ad, images_key, n_channels, channel_names)
-    labels = {side: adata.obs[groupby].astype(str).to_numpy() for side, adata in sides}
+    labels = {side: adata.obs[treatment_key].astype(str).to_numpy() for side, adata in sides}
     if groups is None:
         groups = list(pd.unique(labels[sides[-1][0]]))[:8]
     groups = [str(g) for g in groups]
     for side, _ in sides:
         missing = sorted(set(groups) - set(labels[side]))
         if missing:
-            msg = f"{side} data has no tiles of groups {missing[:5]} (obs[{groupby!r}])."
+            msg = f"{side} data has no tiles of groups {missing[:5]} (obs[{treatment_key!r}])."
+            if side == "generated" and keys["control"] in missing:
+                msg += (
+                    f" The control ({keys['control']!r}) is generated only when listed in "
+                    "mm.tl.generate_morphology(compounds=[...]); pass generated=None to show real tiles "
+                    "alone."
+                )
             raise ContractError(msg)
     rng = np.random.default_rng(seed)
     picked = [
@@ -220,7 +288,11 @@ def images(
     per_tile = 1 if mode == "composite" else n_channels
     n_cols = n_per_group * per_tile
     fig, axes = plt.subplots(
-        len(picked), n_cols, figsize=(1.1 * n_cols + 1.2, 1.1 * len(picked) + 0.4), squeeze=False
+        len(picked),
+        n_cols,
+        figsize=(1.1 * n_cols + 1.4, 1.1 * len(picked) + (0.9 if mode == "composite" else 0.5)),
+        squeeze=False,
+        layout="constrained",
     )
     start = 0
     for r, (group, side, tiles) in enumerate(picked):
@@ -242,29 +314,51 @@ def images(
         axes[r, 0].set_ylabel(f"{group}\n{side}", fontsize=8, rotation=0, ha="right", va="center")
         start += len(tiles)
     if mode == "composite":
-        legend = ", ".join(f"{n}" for n in names)
-        fig.suptitle(f"false-colour composite of all channels ({legend})", fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(f"false-colour composite of all channels ({', '.join(names)})", fontsize=9)
+        # the colour key: which stain is which colour in the composites
+        fig.legend(
+            handles=[
+                Patch(facecolor=tuple(colour), edgecolor="none", label=name)
+                for name, colour in zip(names, _palette(names), strict=True)
+            ],
+            loc="outside lower center",
+            ncol=min(len(names), 6),
+            frameon=False,
+            fontsize=8,
+            title="stain colours",
+            title_fontsize=8,
+        )
     _finish(fig, show=show, save=save)
     return fig
 
 
-def _features(adata: AnnData, rep: str) -> np.ndarray:
+def _features(adata: AnnData, rep: str | None) -> np.ndarray:
     check_rep(adata, rep, mod=None, arg="rep")
     return get_rep(adata, rep, mod=None, arg="rep", dtype=np.float64)
 
 
+def _readout_kwargs(
+    readout_kwargs: dict[str, Any] | None, images_key: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """``readout_kwargs`` without ``images_key``, an argument of the plot (taking that value if not given)."""
+    kwargs = dict(readout_kwargs or {})
+    in_kwargs = kwargs.pop("images_key", None)
+    return kwargs, images_key if images_key is not None else in_kwargs
+
+
+@renamed_arguments(groupby="treatment_key", real="mdata")
 @doc_params(show_save=SHOW_SAVE_DOC)
 def morphology_embedding(
-    real: MuData | AnnData,
+    mdata: MuData | AnnData,
     generated: str | AnnData = C.IMAGE_SYNTHETIC_MOD,
     *,
-    mod: str = C.IMAGE_MOD,
-    rep: str = C.IMAGE_REP,
-    groupby: str = C.TREATMENT_KEY,
+    mod: str | None = None,
+    rep: str | None = AUTO,
+    treatment_key: str | None = None,
     lda_key: str | None = None,
-    control: str = C.CONTROL,
+    control: str | None = None,
     conditions: Sequence[str] | None = None,
+    images_key: str | None = None,
     max_cells: int = 300,
     n_neighbors: int = 15,
     readout_kwargs: dict[str, Any] | None = None,
@@ -276,31 +370,42 @@ def morphology_embedding(
     """LDA of generated morphology by label and UMAP of real vs generated vs control (TRIDENT Figure 4a-b).
 
     Left: linear discriminant analysis (scikit-learn) of the generated cells' features, fitted to separate
-    the values of ``lda_key`` (e.g. a mechanism-of-action column; default ``groupby``), first two
-    discriminants, coloured by that label. Right: UMAP (scanpy: neighbours, then UMAP, on a private
-    AnnData; the inputs are never modified) of the control cells (real cells of ``control``), the real
-    treated cells and the generated treated cells of ``conditions``, coloured by source as in the paper
-    (control blue, real orange, generated green).
+    the values of ``lda_key`` (e.g. a mechanism-of-action column; default ``treatment_key``), first two
+    discriminants, coloured by that label (legend). Right: UMAP (scanpy: neighbours, then UMAP, on a
+    private AnnData; the inputs are never modified) of the control cells (real cells of ``control``), the
+    real treated cells and the generated treated cells of ``conditions``, coloured by source as in the
+    paper (control blue, real orange, generated green; legend).
 
     Parameters
     ----------
-    real
-        MuData (modality ``mod``) or AnnData of the real cells / tiles.
+    mdata
+        MuData with the real cells / tiles (modality ``mod``) and the generated ones, or an AnnData of the
+        real cells (formerly ``real``).
     generated
-        The generated cells: a modality name of ``real`` or an AnnData.
+        The generated cells: a modality of ``mdata`` written by :func:`morphomu.tl.generate_morphology`,
+        or an AnnData.
     mod
-        Modality of the real cells in a MuData.
+        Modality of the real cells in a MuData; default: from the record of the step that wrote
+        ``generated``, else ``'img'``.
     rep
-        ``.obsm`` key of the features in both (e.g. ``'X_vit'``), or ``'readouts'`` to compute
+        Features compared: an ``.obsm`` key in both (``None``: ``.X``), or ``'readouts'`` to compute
         :func:`morphomu.tl.morphology_readouts` of the tiles of both sets with one rule (z-scored).
-    groupby
-        obs column with the treatment.
+        Default (``'auto'``): the representation recorded for ``generated`` or for ``mod`` when the
+        generated cells have it, else ``'readouts'`` when they are tiles (``.obsm[images_key]``), else
+        ``'X_vit'``.
+    treatment_key
+        obs column with the treatment (formerly ``groupby``); default: from the record of the step that
+        wrote ``generated``, else ``'treatment'``.
     lda_key
-        obs column of the generated cells that the LDA separates (default ``groupby``).
+        obs column of the generated cells that the LDA separates (default ``treatment_key``).
     control
-        Control value of ``groupby``.
+        Control value of ``treatment_key``; default: from the record of the step that wrote
+        ``generated``, else ``'DMSO'``.
     conditions
         Treatments shown (default every non-control treatment of the generated set, at most 8).
+    images_key
+        ``.obsm`` key of the tiles for ``rep='readouts'``; default: from the record of the step that wrote
+        ``generated``, else ``'images'``.
     max_cells
         Cells drawn per treatment and source (``seed``).
     n_neighbors
@@ -319,8 +424,12 @@ def morphology_embedding(
 
     Examples
     --------
+    ``mdata`` holds real tiles and tiles :func:`morphomu.tl.generate_morphology` wrote for a few
+    compounds; tiles are compared by their readouts:
+
     >>> import morphomu as mm
-    >>> mm.pl.morphology_embedding(mdata, "img_synthetic", rep="X_vit", lda_key="moa")  # doctest: +SKIP
+    >>> axes = mm.pl.morphology_embedding(mdata, max_cells=40)
+    >>> axes = mm.pl.morphology_embedding(mdata, conditions=["Colchicine", "Cycloheximide"], max_cells=40)
     """
     import anndata as ad
     import matplotlib.pyplot as plt
@@ -328,20 +437,32 @@ def morphology_embedding(
     import seaborn as sns
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    real_ad, gen_ad = _sides(real, generated, mod)
+    readout_kwargs, images_key = _readout_kwargs(readout_kwargs, images_key)
+    keys = _data_keys(
+        mdata,
+        generated,
+        {"mod": mod, "treatment_key": treatment_key, "images_key": images_key, "control": control},
+    )
+    treatment_key, images_key, control = keys["treatment_key"], keys["images_key"], keys["control"]
+    real_ad, gen_ad = _sides(mdata, generated, keys["mod"])
     if gen_ad is None:
-        msg = "generated is required (a modality name of real or an AnnData)."
+        msg = "generated is required (a modality name of mdata or an AnnData)."
         raise ContractError(msg)
-    lda_key = groupby if lda_key is None else lda_key
-    check_obs_keys(real_ad, {"groupby": groupby}, mod=None)
-    check_obs_keys(gen_ad, {"groupby": groupby, "lda_key": lda_key}, mod=None)
+    if rep == AUTO:
+        rep = keys["generated_rep"] or keys["real_rep"]
+        if rep is None or rep not in gen_ad.obsm:
+            # generated tiles without features: compare what can be measured on both
+            rep = "readouts" if _has_tiles(gen_ad, images_key) else (rep or C.IMAGE_REP)
+    lda_key = treatment_key if lda_key is None else lda_key
+    check_obs_keys(real_ad, {"treatment_key": treatment_key}, mod=None)
+    check_obs_keys(gen_ad, {"treatment_key": treatment_key, "lda_key": lda_key}, mod=None)
     if rep != "readouts":
         for adata in (real_ad, gen_ad):
             check_rep(adata, rep, mod=None, arg="rep")
-    real_t = real_ad.obs[groupby].astype(str).to_numpy()
-    gen_t = gen_ad.obs[groupby].astype(str).to_numpy()
+    real_t = real_ad.obs[treatment_key].astype(str).to_numpy()
+    gen_t = gen_ad.obs[treatment_key].astype(str).to_numpy()
     if control not in set(real_t):
-        msg = f"control={control!r} has no real cells (obs[{groupby!r}])."
+        msg = f"control={control!r} has no real cells (obs[{treatment_key!r}])."
         raise ContractError(msg)
     if conditions is None:
         conditions = [c for c in pd.unique(gen_t) if c != control][:8]
@@ -349,10 +470,13 @@ def morphology_embedding(
     for name, labels in (("real", real_t), ("generated", gen_t)):
         missing = sorted(set(conditions) - set(labels))
         if missing:
-            msg = f"{name} data has no cells of {missing[:5]} (obs[{groupby!r}])."
+            msg = f"{name} data has no cells of {missing[:5]} (obs[{treatment_key!r}])."
             raise ContractError(msg)
     if len(set(gen_ad.obs[lda_key].astype(str)[np.isin(gen_t, conditions)])) < 2:
         msg = f"the LDA needs at least two values of obs[{lda_key!r}] among the generated cells shown."
+        raise ContractError(msg)
+    if ax is not None and len(list(ax)) != 2:
+        msg = f"ax must be two Axes (LDA, UMAP), got {len(list(ax))}."
         raise ContractError(msg)
 
     rng = np.random.default_rng(seed)
@@ -364,15 +488,18 @@ def morphology_embedding(
     if rep == "readouts":
         from ..tl._readouts import ALWAYS_FINITE, compare_readouts
 
+        sets = {
+            "control": real_ad[rows["control"]],
+            "real": real_ad[rows["real"]],
+            "generated": gen_ad[rows["generated"]],
+        }
+        # labels name each set's rows, so no obs column of the tool's default name is looked up
         table = compare_readouts(
-            {
-                "control": real_ad[rows["control"]],
-                "real": real_ad[rows["real"]],
-                "generated": gen_ad[rows["generated"]],
-            },
+            sets,
             mod=None,
-            groupby=None,
-            **(readout_kwargs or {}),
+            images_key=images_key,
+            labels={name: np.full(part.n_obs, name) for name, part in sets.items()},
+            **readout_kwargs,
         )
         cols = [*ALWAYS_FINITE, *(c for c in table.columns if c.startswith("intensity_"))]
         values = table[cols].to_numpy(np.float64)
@@ -395,9 +522,6 @@ def morphology_embedding(
         fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     else:
         axes = list(ax)
-        if len(axes) != 2:
-            msg = f"ax must be two Axes (LDA, UMAP), got {len(axes)}."
-            raise ContractError(msg)
         fig = axes[0].figure
     # --- LDA of generated cells by label
     lda_labels = gen_ad.obs[lda_key].astype(str).to_numpy()[rows["generated"]]
@@ -443,17 +567,19 @@ def morphology_embedding(
     return axes
 
 
+@renamed_arguments(groupby="treatment_key", real="mdata")
 @doc_params(show_save=SHOW_SAVE_DOC)
 def readouts(
-    real: MuData | AnnData,
+    mdata: MuData | AnnData,
     generated: str | AnnData = C.IMAGE_SYNTHETIC_MOD,
     *,
-    mod: str = C.IMAGE_MOD,
-    groupby: str = C.TREATMENT_KEY,
-    control: str = C.CONTROL,
+    mod: str | None = None,
+    treatment_key: str | None = None,
+    control: str | None = None,
     conditions: Sequence[str] | None = None,
     columns: Sequence[str] = ("area_cell", "area_cytoplasm", "area_nucleus"),
     table: pd.DataFrame | None = None,
+    images_key: str | None = None,
     kind: Literal["box", "violin"] = "box",
     readout_kwargs: dict[str, Any] | None = None,
     ax: Sequence[Axes] | None = None,
@@ -465,28 +591,36 @@ def readouts(
     The tiles of the control (real tiles of ``control``), of the real and of the generated treated tiles
     are measured by :func:`~morphomu.tl._readouts.compare_readouts` (one segmentation rule for all three),
     and every readout in ``columns`` gets one panel: treatments on the x axis, one box (or violin) per
-    source, coloured as the paper (control blue, real orange, generated green).
+    source, coloured as the paper (control blue, real orange, generated green; legend in the first panel).
 
     Parameters
     ----------
-    real
-        MuData (modality ``mod``) or AnnData with the real tiles.
+    mdata
+        MuData with the real tiles (modality ``mod``) and the generated ones, or an AnnData with the real
+        tiles (formerly ``real``).
     generated
-        The generated tiles: a modality name of ``real`` or an AnnData.
+        The generated tiles: a modality of ``mdata`` written by :func:`morphomu.tl.generate_morphology`,
+        or an AnnData.
     mod
-        Modality of the real tiles in a MuData.
-    groupby
-        obs column with the treatment.
+        Modality of the real tiles in a MuData; default: from the record of the step that wrote
+        ``generated``, else ``'img'``.
+    treatment_key
+        obs column with the treatment (formerly ``groupby``); default: from the record of the step that
+        wrote ``generated``, else ``'treatment'``.
     control
-        Control value of ``groupby``.
+        Control value of ``treatment_key``; default: from the record of the step that wrote
+        ``generated``, else ``'DMSO'``.
     conditions
         Treatments shown (default every non-control treatment of the generated set, at most 8).
     columns
         Readouts to plot (columns of :func:`morphomu.tl.morphology_readouts`, default *AreaOccupied* of
         cell, cytoplasm and nucleus).
     table
-        A precomputed long table (columns ``source``, ``groupby`` and the readouts, e.g. from
+        A precomputed long table (columns ``source``, ``treatment_key`` and the readouts, e.g. from
         ``compare_readouts``); the tiles are then not measured again.
+    images_key
+        ``.obsm`` key of the tiles; default: from the record of the step that wrote ``generated``, else
+        ``'images'``.
     kind
         ``'box'`` or ``'violin'``.
     readout_kwargs
@@ -501,8 +635,12 @@ def readouts(
 
     Examples
     --------
+    ``mdata`` holds real tiles and tiles :func:`morphomu.tl.generate_morphology` wrote for a few
+    compounds:
+
     >>> import morphomu as mm
-    >>> mm.pl.readouts(mdata, "img_synthetic", conditions=["Colchicine", "Cycloheximide"])  # doctest: +SKIP
+    >>> axes = mm.pl.readouts(mdata, conditions=["Colchicine", "Cycloheximide"])
+    >>> axes = mm.pl.readouts(mdata, columns=["cell_count"], kind="violin")
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -513,17 +651,27 @@ def readouts(
         msg = f"kind must be 'box' or 'violin', got {kind!r}."
         raise ContractError(msg)
     columns = [str(c) for c in columns]
+    if ax is not None and len(list(ax)) != len(columns):
+        msg = f"ax must be {len(columns)} Axes (one per readout), got {len(list(ax))}."
+        raise ContractError(msg)
+    readout_kwargs, images_key = _readout_kwargs(readout_kwargs, images_key)
+    keys = _data_keys(
+        mdata,
+        generated,
+        {"mod": mod, "treatment_key": treatment_key, "images_key": images_key, "control": control},
+    )
+    treatment_key, images_key, control = keys["treatment_key"], keys["images_key"], keys["control"]
     if table is None:
-        real_ad, gen_ad = _sides(real, generated, mod)
+        real_ad, gen_ad = _sides(mdata, generated, keys["mod"])
         if gen_ad is None:
-            msg = "generated is required (a modality name of real or an AnnData)."
+            msg = "generated is required (a modality name of mdata or an AnnData)."
             raise ContractError(msg)
-        check_obs_keys(real_ad, {"groupby": groupby}, mod=None)
-        check_obs_keys(gen_ad, {"groupby": groupby}, mod=None)
-        real_t = real_ad.obs[groupby].astype(str).to_numpy()
-        gen_t = gen_ad.obs[groupby].astype(str).to_numpy()
+        check_obs_keys(real_ad, {"treatment_key": treatment_key}, mod=None)
+        check_obs_keys(gen_ad, {"treatment_key": treatment_key}, mod=None)
+        real_t = real_ad.obs[treatment_key].astype(str).to_numpy()
+        gen_t = gen_ad.obs[treatment_key].astype(str).to_numpy()
         if control not in set(real_t):
-            msg = f"control={control!r} has no real tiles (obs[{groupby!r}])."
+            msg = f"control={control!r} has no real tiles (obs[{treatment_key!r}])."
             raise ContractError(msg)
         if conditions is None:
             conditions = [c for c in pd.unique(gen_t) if c != control][:8]
@@ -531,33 +679,35 @@ def readouts(
         for name, labels in (("real", real_t), ("generated", gen_t)):
             missing = sorted(set(conditions) - set(labels))
             if missing:
-                msg = f"{name} data has no tiles of {missing[:5]} (obs[{groupby!r}])."
+                msg = f"{name} data has no tiles of {missing[:5]} (obs[{treatment_key!r}])."
                 raise ContractError(msg)
-        table = compare_readouts(
-            {
-                "control": real_ad[real_t == control],
-                "real": real_ad[np.isin(real_t, conditions)],
-                "generated": gen_ad[np.isin(gen_t, conditions)],
-            },
-            mod=None,
-            groupby=groupby,
-            **(readout_kwargs or {}),
-        )
+        sets = {
+            "control": real_ad[real_t == control],
+            "real": real_ad[np.isin(real_t, conditions)],
+            "generated": gen_ad[np.isin(gen_t, conditions)],
+        }
+        treatments = {name: part.obs[treatment_key].astype(str).to_numpy() for name, part in sets.items()}
+        table = compare_readouts(sets, mod=None, images_key=images_key, labels=treatments, **readout_kwargs)
+        # the treatment under this plot's own column name, whatever the tool calls its label column
+        table[treatment_key] = np.concatenate(list(treatments.values()))
     else:
-        needed = {"source", groupby, *columns}
+        needed = {"source", treatment_key, *columns}
         if not isinstance(table, pd.DataFrame) or not needed <= set(table.columns):
             msg = f"table must be a DataFrame with columns {sorted(needed)} (e.g. from compare_readouts)."
             raise ContractError(msg)
         if conditions is None:
-            conditions = [c for c in pd.unique(table[groupby].astype(str)) if c != control][:8]
+            conditions = [c for c in pd.unique(table[treatment_key].astype(str)) if c != control][:8]
         conditions = [str(c) for c in conditions]
     unknown = [c for c in columns if c not in table.columns]
     if unknown:
-        msg = f"columns {unknown} are not readouts; choose from {[c for c in table.columns if c not in ('source', groupby)]}."
+        choices = [c for c in table.columns if c not in ("source", treatment_key)]
+        msg = f"columns {unknown} are not readouts; choose from {choices}."
         raise ContractError(msg)
     # the control is shown once, as its own group on the left
     frame = table.copy()
-    frame["group"] = np.where(frame["source"].astype(str) == "control", control, frame[groupby].astype(str))
+    frame["group"] = np.where(
+        frame["source"].astype(str) == "control", control, frame[treatment_key].astype(str)
+    )
     order = [control, *conditions]
     frame = frame[frame["group"].isin(order)]
     hue_order = [s for s in SOURCE_COLOURS if s in set(frame["source"].astype(str))]
@@ -569,9 +719,6 @@ def readouts(
         axes = list(axes[:, 0])
     else:
         axes = list(ax)
-        if len(axes) != len(columns):
-            msg = f"ax must be {len(columns)} Axes (one per readout), got {len(axes)}."
-            raise ContractError(msg)
         fig = axes[0].figure
     plot = sns.boxplot if kind == "box" else sns.violinplot
     for axis, column in zip(axes, columns, strict=True):

@@ -75,7 +75,7 @@ def assign_compound_split(
     Returns
     -------
     ``None``, or the labelled copy when ``copy=True``. The parameters and the two compound lists go to
-    ``mdata.uns['morphomu']['assign_compound_split']``.
+    ``mdata.uns['morphomu'][key_added]``.
 
     Examples
     --------
@@ -138,7 +138,7 @@ def assign_compound_split(
         mdata.mod[mod].obs[key_added] = values
     store(
         mdata,
-        "assign_compound_split",
+        key_added,
         {
             "params": {
                 "n_ood": int(n_ood),
@@ -153,5 +153,6 @@ def assign_compound_split(
             + [str(control)] * any((t == str(control)).any() for t in treatments.values()),
             "ood": ood,
         },
+        tool="assign_compound_split",
     )
     return mdata if copy else None

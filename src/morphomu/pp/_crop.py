@@ -21,7 +21,7 @@ import pandas as pd
 from .. import _constants as C
 from .._errors import ContractError
 from .._io import atomic_path
-from .._uns import h5_safe
+from .._uns import store as store_record
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -500,7 +500,7 @@ def crop_cells(
         ImageContainer layer holding the image (default: its first layer).
     border
         ``'drop'`` leaves out cells whose crop would cross the field's edge (counted in
-        ``uns['morphomu']['crop_cells']``); ``'pad'`` keeps them, with zeros outside the field.
+        ``uns['morphomu'][images_key]``); ``'pad'`` keeps them, with zeros outside the field.
     segmentation
         Function from a 2-d nuclear image to an integer label image (0 = background); defaults to
         :func:`segment_nuclei` with ``diameter``.
@@ -525,7 +525,7 @@ def crop_cells(
     ``label`` (the nucleus' label in its field), ``area`` (pixels) and the plate-map / fields columns;
     ``.obsm['spatial']`` the centroid (x, y) = (column, row) in field pixels; the crops
     (n x C x crop_size x crop_size) in ``.obsm[images_key]`` or in ``store``;
-    ``uns['morphomu']['crop_cells']`` the parameters and per-field counts.
+    ``uns['morphomu'][images_key]`` the parameters and per-field counts.
 
     Examples
     --------
@@ -668,7 +668,9 @@ def crop_cells(
             "shape": np.asarray((len(obs), *shape_tail)),
             "dtype": dtype.name,
         }
-    adata.uns.setdefault(C.UNS_KEY, {})["crop_cells"] = h5_safe(
+    store_record(
+        adata,
+        images_key,
         {
             "channels": channel_names,
             "nuclei_channel": int(nuclei_channel),
@@ -678,7 +680,8 @@ def crop_cells(
             "diameter": diameter,
             "store": store_path,
             "fields": pd.DataFrame(counts),
-        }
+        },
+        tool="crop_cells",
     )
     return adata
 

@@ -22,7 +22,7 @@ import numpy as np
 from .. import _constants as C
 from .._core import channel_names, quiet_lightning
 from .._errors import ContractError, MorphomuError
-from .._uns import h5_safe
+from .._uns import store
 from .._validation import get_adata
 from ._crop import CropReader
 
@@ -436,7 +436,7 @@ def embed_images(
 
     Returns
     -------
-    ``None`` or the copy. Writes ``.obsm[key_added]`` and ``uns['morphomu']['embed_images'][key_added]``
+    ``None`` or the copy. Writes ``.obsm[key_added]`` and ``uns['morphomu'][key_added]``
     (model, checkpoint, stains, features per stain, preprocessing).
 
     Examples
@@ -537,6 +537,6 @@ def embed_images(
         "intensity_low": low,
         "intensity_high": high,
     }
-    data.uns.setdefault(C.UNS_KEY, {}).setdefault("embed_images", {})[key_added] = h5_safe(entry)
+    store(data, key_added, entry, tool="embed_images")
     logger.info("embed_images: %d cells -> %s (%d features)", n, key_added, dim)
     return data if copy else None

@@ -25,7 +25,7 @@ from .. import _constants as C
 from .._core import quiet_lightning
 from .._errors import ContractError, MorphomuError, MorphomuWarning
 from .._threads import keep_torch_threads
-from .._uns import h5_safe
+from .._uns import store
 from .._validation import get_adata, where
 from ._embed_images import resolve_device
 
@@ -373,7 +373,15 @@ def _embed_scvi(
     return latent, params
 
 
-def _embed_pca(matrix: Any, *, seed: int, kwargs: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+def _embed_pca(
+    matrix: Any, *, seed: int, kwargs: dict[str, Any]
+) -> tuple[np.ndarray, dict[str, Any], dict[str, Any], np.ndarray]:
+    """PCA coordinates, morphomu's record, and scanpy's records (``uns['pca']``, ``varm['PCs']``) for all genes.
+
+    scanpy's ``sc.pp.pca`` runs on the genes kept (the highly variable ones); its records are then laid out
+    as ``sc.pp.pca(adata, mask_var=kept)`` on the whole preprocessed matrix writes them (loadings of the
+    other genes are 0), without densifying the genes left out.
+    """
     import scanpy as sc
     from anndata import AnnData
 
@@ -392,6 +400,7 @@ def _embed_pca(matrix: Any, *, seed: int, kwargs: dict[str, Any]) -> tuple[np.nd
         else _row_block(matrix, 0, matrix.shape[0])
     )
     work = AnnData(X=sparse.csr_matrix(counts, dtype=np.float32, copy=True))
+    work.var["column"] = np.arange(work.n_vars)  # the genes' positions survive the HVG subset
     with keep_torch_threads():
         sc.pp.normalize_total(work, target_sum=target_sum)
         sc.pp.log1p(work)
@@ -414,7 +423,19 @@ def _embed_pca(matrix: Any, *, seed: int, kwargs: dict[str, Any]) -> tuple[np.nd
         "n_genes_used": int(work.n_vars),
         "variance_ratio": np.asarray(work.uns["pca"]["variance_ratio"], dtype=np.float64),
     }
-    return np.asarray(work.obsm["X_pca"], dtype=np.float32), params
+    if work.n_vars < counts.shape[1]:
+        mask = np.zeros(counts.shape[1], dtype=bool)
+        mask[work.var["column"].to_numpy()] = True
+        loadings = np.zeros((counts.shape[1], n_comps))  # as scanpy lays out masked loadings
+        loadings[mask] = work.varm["PCs"]
+    else:
+        mask, loadings = None, work.varm["PCs"]
+    scanpy_uns = {
+        "params": {**work.uns["pca"]["params"], "use_highly_variable": False, "mask_var": mask},
+        "variance": work.uns["pca"]["variance"],
+        "variance_ratio": work.uns["pca"]["variance_ratio"],
+    }
+    return np.asarray(work.obsm["X_pca"], dtype=np.float32), params, scanpy_uns, loadings
 
 
 # --- public -----------------------------------------------------------------------------------------
@@ -480,9 +501,12 @@ def embed_rna(
     Returns
     -------
     ``None`` or the copy. Writes ``.obsm[key_added]`` (float32) and
-    ``uns['morphomu']['embed_rna'][key_added]``: the method, its parameters, and for scGPT
+    ``uns['morphomu'][key_added]``: the method, its parameters, and for scGPT
     ``n_genes``, ``n_genes_matched`` (genes found in the vocabulary; the others are left out, with a
-    warning) and ``vocab_size``.
+    warning) and ``vocab_size``. ``'pca'`` also leaves scanpy's records, as ``sc.pp.pca`` does on the
+    preprocessed genes: ``.uns['pca']`` (``variance``, ``variance_ratio``, ``params``; ``params['mask_var']``
+    marks the genes used, ``None`` when all were) and ``.varm['PCs']`` (genes x components, 0 for genes
+    left out), under ``key_added`` for both when it is not ``'X_pca'`` (scanpy's ``key_added``).
 
     Examples
     --------
@@ -587,7 +611,7 @@ def embed_rna(
         )
         entry |= params
     else:
-        features, params = _embed_pca(matrix, seed=seed, kwargs=kwargs)
+        features, params, pca_uns, loadings = _embed_pca(matrix, seed=seed, kwargs=kwargs)
         entry |= params
     if not np.isfinite(features).all():
         msg = f"embed_rna(method={method!r}) produced non-finite values."
@@ -596,5 +620,9 @@ def embed_rna(
         mdata = mdata.copy()
         adata = get_adata(mdata, mod)
     adata.obsm[key_added] = features
-    mdata.uns.setdefault(C.UNS_KEY, {}).setdefault("embed_rna", {})[key_added] = h5_safe(entry)
+    if method == "pca":  # scanpy's records, under the names sc.pp.pca(key_added=...) uses
+        varm_key, uns_key = ("PCs", "pca") if key_added == C.PCA_REP else (key_added, key_added)
+        adata.varm[varm_key] = loadings
+        adata.uns[uns_key] = pca_uns
+    store(mdata, key_added, entry, tool="embed_rna")
     return mdata if copy else None

@@ -1,7 +1,7 @@
 """Compound features from SMILES: Morgan/ECFP bits, FCFP bits or standardised RDKit 2D descriptors.
 
 One featuriser for the whole package: :func:`featurize_compounds` writes a treatment-indexed table into
-``uns['morphomu']['compounds']``; :func:`featurize_smiles` is the pure function behind it (in
+``uns['morphomu'][key_added]``; :func:`featurize_smiles` is the pure function behind it (in
 :mod:`morphomu._core`, where the generation models call it too).
 """
 
@@ -15,17 +15,13 @@ import pandas as pd
 from .. import _constants as C
 from .._core import COMPOUND_METHODS, check_method, featurize, featurize_smiles
 from .._errors import ContractError
-from .._uns import h5_safe
+from .._uns import store
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
 __all__ = ["featurize_compounds", "featurize_smiles"]
-
-#: Entry of ``uns['morphomu']`` that holds every compound featurisation, keyed by ``key_added``.
-UNS_COMPOUNDS = "compounds"
-
 
 # --- the MuData / AnnData tool ----------------------------------------------------------------------
 
@@ -132,7 +128,7 @@ def featurize_compounds(
         zeros equal the mean compound there). It is listed under ``'control'`` in the stored
         parameters. Pass ``control=None`` to featurise DMSO's own structure like any compound.
     key_added
-        Entry of ``uns['morphomu']['compounds']`` to write; default: the method name (``'morgan'``,
+        Entry of ``uns['morphomu']`` to write; default: the method name (``'morgan'``,
         ``'fcfp'`` or ``'rdkit2d'``).
     inplace
         Write the result into ``data.uns`` and return ``None``; if ``False``, return the features and
@@ -142,7 +138,7 @@ def featurize_compounds(
     -------
     With ``inplace=False``, the features: one row per treatment (index named ``treatment``, sorted),
     as in :func:`featurize_smiles`. With ``inplace=True``, ``None``, and
-    ``data.uns['morphomu']['compounds'][key_added]`` holds a dict:
+    ``data.uns['morphomu'][key_added]`` holds a dict:
 
     - ``'features'``: that DataFrame;
     - ``'smiles'``: DataFrame (index ``treatment``) with column ``smiles``, the parent SMILES used
@@ -162,7 +158,7 @@ def featurize_compounds(
     >>> import morphomu as mm
     >>> mdata = mm.datasets.simulate_scgenescope(n_img_cells=500, n_rna_cells=500)
     >>> mm.pp.featurize_compounds(mdata)  # ECFP4, 2048 bits, from mm.datasets.compounds()
-    >>> mdata.uns["morphomu"]["compounds"]["morgan"]["features"].shape
+    >>> mdata.uns["morphomu"]["morgan"]["features"].shape
     (29, 2048)
     >>> fp = mm.pp.featurize_compounds(
     ...     mdata, smiles={"DBeQ": "c1ccc(CNc2nc(NCc3ccccc3)c3ccccc3n2)cc1"}, method="fcfp", inplace=False
@@ -177,7 +173,7 @@ def featurize_compounds(
     if key_added is None:
         key_added = COMPOUND_METHODS[method]
     if not isinstance(key_added, str) or not key_added:
-        msg = f"key_added must be a non-empty str (an entry of uns['morphomu']['compounds']), got {key_added!r}."
+        msg = f"key_added must be a non-empty str (an entry of uns['morphomu']), got {key_added!r}."
         raise ContractError(msg)
     if control is not None and not isinstance(control, str):
         msg = f"control must be a treatment name (str) or None, got {control!r}."
@@ -235,6 +231,10 @@ def featurize_compounds(
         "rdkit_version": rdkit.__version__,
         **extra,
     }
-    entry = h5_safe({"features": features, "smiles": used_frame, "params": params})
-    data.uns.setdefault(C.UNS_KEY, {}).setdefault(UNS_COMPOUNDS, {})[key_added] = entry
+    store(
+        data,
+        key_added,
+        {"features": features, "smiles": used_frame, "params": params},
+        tool="featurize_compounds",
+    )
     return None

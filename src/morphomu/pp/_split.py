@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .. import _constants as C
-from .._errors import ContractError
+from .._errors import ContractError, MorphomuWarning
 from .._uns import store
 from .._validation import check_mudata, check_obs_keys, get_mod
 
@@ -15,7 +17,15 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["SCHEMES", "SplitScheme", "assign_split", "split_labels"]
+__all__ = ["SCHEMES", "SPLIT_REMEDY", "SplitScheme", "assign_split", "design_labels", "split_labels"]
+
+#: The remedy every error about missing split labels ends with: it holds for the scGeneScope scheme,
+#: for an own design, and for a split column made outside morphomu.
+SPLIT_REMEDY = (
+    "Run mm.pp.assign_split (scheme='scgenescope', or your own design: scheme={'train': [...], "
+    "'val': [...], 'test': [...]}, by=<obs column>), or pass split_key= naming your own obs column with "
+    "'train' and 'val' labels."
+)
 
 
 @dataclass(frozen=True)
@@ -100,20 +110,120 @@ def split_labels(
     return pd.Categorical(labels, categories=list(C.SPLITS))
 
 
+def _canon(value: Any) -> str | None:
+    """Comparable form of an obs value or a listed one: ``3``, ``3.0`` and ``'3'`` are equal; missing is ``None``."""
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value).strip()
+
+
+def _check_design(scheme: Mapping[Any, Any], *, by: str) -> dict[str, list[Any]]:
+    """The design ``label -> values`` as lists, refusing unnamed labels, no train / val, empty or shared values."""
+    labels = list(scheme)
+    bad = [label for label in labels if not isinstance(label, str) or not label]
+    if bad:
+        msg = f"scheme: split labels must be non-empty strings; got {bad}."
+        raise ContractError(msg)
+    lacking = [label for label in (C.TRAIN, C.VAL) if label not in scheme]
+    if lacking:
+        msg = (
+            f"scheme must name the splits 'train' and 'val' (every other label is a test split); it lacks "
+            f"{lacking} (labels given: {labels})."
+        )
+        raise ContractError(msg)
+    design: dict[str, list[Any]] = {}
+    owner: dict[str, str] = {}
+    shared: dict[str, list[str]] = {}
+    for label, values in scheme.items():
+        # one value may be given bare; strings are values, not sequences of characters
+        values = [values] if isinstance(values, str | bytes) or np.ndim(values) == 0 else list(values)
+        if not values:
+            msg = f"scheme[{label!r}] lists no values of obs[{by!r}] (by); give at least one."
+            raise ContractError(msg)
+        for value in values:
+            key = _canon(value)
+            if key is None:
+                msg = f"scheme[{label!r}] lists a missing value ({value!r}); list values of obs[{by!r}] (by)."
+                raise ContractError(msg)
+            first = owner.setdefault(key, label)
+            if first != label and label not in shared.setdefault(key, [first]):
+                shared[key].append(label)
+        design[label] = values
+    if shared:
+        msg = (
+            f"scheme lists values in more than one split ({shared}); a value of "
+            f"obs[{by!r}] (by) goes to one split only."
+        )
+        raise ContractError(msg)
+    return design
+
+
+def design_labels(
+    adata: AnnData, design: Mapping[str, Sequence[Any]], *, mod: str, by: str
+) -> pd.Categorical:
+    """The split of every cell of ``adata`` under an own ``design`` (``label -> values of obs[by]``).
+
+    Categories: ``train``, ``val``, then the test labels in the design's order. Cells whose value is
+    listed nowhere (or missing) get a missing label. Every listed value must occur in ``obs[by]``.
+    """
+    if by not in adata.obs.columns:
+        cols = list(adata.obs.columns)
+        msg = (
+            f"by={by!r} is not a column of mdata.mod[{mod!r}].obs; its columns are "
+            f"{cols[:20]}{' ...' if len(cols) > 20 else ''}."
+        )
+        raise ContractError(msg)
+    # label each distinct value once, then spread to the cells
+    codes, uniques = pd.factorize(adata.obs[by].astype(object), use_na_sentinel=True)
+    canon = [_canon(u) for u in uniques]
+    present = {c for c in canon if c is not None}
+    absent = {
+        label: [v for v in values if _canon(v) not in present]
+        for label, values in design.items()
+        if any(_canon(v) not in present for v in values)
+    }
+    if absent:
+        shown = sorted(present)
+        msg = (
+            f"scheme lists values that mdata.mod[{mod!r}].obs[{by!r}] (by) does not hold: {absent}; it holds "
+            f"{shown[:20]}{' ...' if len(shown) > 20 else ''}."
+        )
+        raise ContractError(msg)
+    lookup = {_canon(v): label for label, values in design.items() for v in values}
+    per_value = np.asarray([lookup.get(c) for c in canon] + [None], dtype=object)  # code -1 (missing) -> None
+    categories = [C.TRAIN, C.VAL, *(label for label in design if label not in (C.TRAIN, C.VAL))]
+    return pd.Categorical(per_value[codes], categories=categories)
+
+
 def assign_split(
     mdata: MuData,
     *,
-    scheme: str = "scgenescope",
-    fold: int = 1,
+    scheme: str | Mapping[str, Sequence[Any]] = "scgenescope",
+    fold: int | None = None,
+    by: str | None = None,
     mods: str | list[str] | None = None,
     replicate_key: str = C.REPLICATE_KEY,
     round_key: str = C.ROUND_KEY,
     key_added: str = C.SPLIT_KEY,
     copy: bool = False,
 ) -> MuData | None:
-    """Assign every cell to ``train``, ``val``, ``test_we`` or ``test_he`` by its replicate and round.
+    """Assign every cell to a split: the scGeneScope benchmark's, or your own design.
 
-    The ``scgenescope`` scheme is the benchmark's canonical split and its replicate cross-validation:
+    **Your own design.** ``scheme`` maps each split label to the values of the obs column ``by`` whose
+    cells go there, e.g. ``scheme={"train": [1, 2], "val": [3], "test": [4]}, by="replicate"``. The
+    labels must include ``'train'`` and ``'val'``; every other label is a test split (a tool's
+    ``splits="test"`` takes them all, in the order given). The lists must be disjoint, and every listed
+    value must occur in ``obs[by]`` of each labelled modality. ``3``, ``3.0`` and ``'3'`` are the same
+    value. Cells whose value is listed nowhere get a missing label and take part in no split.
+
+    **The scGeneScope scheme** (``scheme="scgenescope"``): the benchmark's canonical split and its
+    replicate cross-validation, by the ``replicate_key`` and ``round_key`` columns:
 
     ====  =====  ===  =======  =================
     fold  train  val  test_we  test_he
@@ -124,93 +234,148 @@ def assign_split(
     ====  =====  ===  =======  =================
 
     Fold 1 is the canonical split. Round-1 replicates are all required; round 2 is optional (without it
-    there is no ``test_he``).
+    there is no ``test_he`` cell). Cells of other replicates are an error.
 
     Parameters
     ----------
     mdata
         The experiment.
     scheme
-        A key of :data:`morphomu.pp._split.SCHEMES`.
+        ``'scgenescope'``, or your own design: a mapping ``split label -> values of obs[by]``.
     fold
-        Which fold of the scheme.
+        Fold of the ``'scgenescope'`` scheme (default 1, the canonical split); not for an own design.
+    by
+        obs column whose values an own design lists (default: ``replicate_key``); not for
+        ``'scgenescope'``, which reads ``replicate_key`` and ``round_key``.
     mods
-        Modalities to label. ``None`` labels every modality that has both ``replicate_key`` and
-        ``round_key`` columns (at least one must).
+        Modalities to label. ``None`` labels every modality that has the columns the scheme reads
+        (``by``, or ``replicate_key`` and ``round_key``); at least one must.
     replicate_key
         obs column with the replicate number.
     round_key
-        obs column with the experimental round.
+        obs column with the experimental round (``'scgenescope'`` only).
     key_added
-        obs column (categorical) written in each labelled modality.
+        obs column (categorical) written in each labelled modality; later tools take it as ``split_key``.
     copy
         Return a labelled copy instead of writing into ``mdata``.
 
     Returns
     -------
-    ``None``, or the labelled copy when ``copy=True``. The parameters go to
-    ``mdata.uns['morphomu']['assign_split']``.
+    ``None``, or the labelled copy when ``copy=True``. Writes ``obs[key_added]`` in each labelled
+    modality and the record ``mdata.uns['morphomu'][key_added]``: ``tool`` (``'assign_split'``),
+    ``params`` (``scheme`` as given, ``fold``, ``by``, ``mods``, the keys), ``test_splits`` (the labels
+    other than ``train`` and ``val``) and, for ``'scgenescope'``, the fold's ``replicates``; for an own
+    design, ``n_unlabelled`` (cells per modality that got no label).
 
     Examples
     --------
     >>> import morphomu as mm
     >>> mdata = mm.datasets.simulate_scgenescope(n_img_cells=2000, n_rna_cells=2000)
     >>> mm.pp.assign_split(mdata, fold=2)
-    >>> mdata["rna"].obs["split"].value_counts().index.tolist()  # doctest: +SKIP
+    >>> mm.pp.assign_split(
+    ...     mdata, scheme={"train": [3, 4], "val": [5], "test": [1, 2]}, by="replicate", key_added="my_split"
+    ... )
+    >>> list(mdata["rna"].obs["my_split"].cat.categories)
+    ['train', 'val', 'test']
     """
     check_mudata(mdata)
-    if scheme not in SCHEMES:
-        msg = f"scheme={scheme!r} is unknown; choose one of {sorted(SCHEMES)}."
-        raise ContractError(msg)
-    spec = SCHEMES[scheme]
-    if fold not in spec.folds:
-        msg = f"fold={fold!r} is not a fold of scheme {scheme!r}; choose one of {sorted(spec.folds)}."
+    if isinstance(scheme, Mapping):
+        if fold is not None:
+            msg = (
+                f"fold={fold!r} applies to scheme='scgenescope' only; an own design (a mapping) has no folds."
+            )
+            raise ContractError(msg)
+        by = replicate_key if by is None else by
+        design = _check_design(scheme, by=by)
+        needed = {by}
+    elif isinstance(scheme, str) and scheme in SCHEMES:
+        if by is not None:
+            msg = (
+                f"by={by!r} applies to an own design (scheme={{'train': [...], 'val': [...], ...}}); "
+                f"scheme={scheme!r} places cells by replicate_key and round_key."
+            )
+            raise ContractError(msg)
+        fold = 1 if fold is None else fold
+        spec = SCHEMES[scheme]
+        if fold not in spec.folds:
+            msg = f"fold={fold!r} is not a fold of scheme {scheme!r}; choose one of {sorted(spec.folds)}."
+            raise ContractError(msg)
+        needed = {replicate_key, round_key}
+    else:
+        msg = (
+            f"scheme={scheme!r} is unknown; choose one of {sorted(SCHEMES)}, or give your own design as a "
+            "mapping, e.g. scheme={'train': [1, 2], 'val': [3], 'test': [4]}, by='replicate'."
+        )
         raise ContractError(msg)
     if mods is None:
-        mods = [m for m, a in mdata.mod.items() if {replicate_key, round_key} <= set(a.obs.columns)]
+        mods = [m for m, a in mdata.mod.items() if needed <= set(a.obs.columns)]
         if not mods:
-            msg = (
-                f"no modality has both obs columns replicate_key={replicate_key!r} and round_key={round_key!r}; "
-                f"modalities: {sorted(mdata.mod)}."
+            what = (
+                f"by={by!r}"
+                if isinstance(scheme, Mapping)
+                else f"replicate_key={replicate_key!r} and round_key={round_key!r}"
             )
+            msg = f"no modality has the obs column(s) {what}; modalities: {sorted(mdata.mod)}."
             raise ContractError(msg)
     elif isinstance(mods, str):
         mods = [mods]
     # compute everything first, so a failure leaves mdata untouched
-    labels = {
-        mod: split_labels(
-            get_mod(mdata, mod, arg="mods"),
-            spec,
-            fold,
-            mod=mod,
-            replicate_key=replicate_key,
-            round_key=round_key,
-        )
-        for mod in mods
-    }
+    if isinstance(scheme, Mapping):
+        labels = {mod: design_labels(get_mod(mdata, mod, arg="mods"), design, mod=mod, by=by) for mod in mods}
+        for mod, values in labels.items():
+            unlisted = np.asarray(values.isna())
+            if unlisted.any():  # often a value forgotten in the design: say which
+                found = pd.unique(mdata.mod[mod].obs[by].to_numpy()[unlisted]).tolist()
+                warnings.warn(
+                    f"{int(unlisted.sum())} cells of mdata.mod[{mod!r}] are in no split (obs[{by!r}] values "
+                    f"{found[:10]}{' ...' if len(found) > 10 else ''} are listed nowhere in scheme); their "
+                    f"obs[{key_added!r}] is missing.",
+                    MorphomuWarning,
+                    stacklevel=2,
+                )
+    else:
+        labels = {
+            mod: split_labels(
+                get_mod(mdata, mod, arg="mods"),
+                spec,
+                fold,
+                mod=mod,
+                replicate_key=replicate_key,
+                round_key=round_key,
+            )
+            for mod in mods
+        }
     if copy:
         mdata = mdata.copy()
     for mod, values in labels.items():
         mdata.mod[mod].obs[key_added] = values
-    train, val, test_we = spec.folds[fold]
-    store(
-        mdata,
-        "assign_split",
-        {
+    categories = list(next(iter(labels.values())).categories)
+    test_splits = [label for label in categories if label not in (C.TRAIN, C.VAL)]
+    if isinstance(scheme, Mapping):
+        entry = {
+            "params": {"scheme": design, "by": by, "mods": list(mods), "key_added": key_added},
+            "test_splits": test_splits,
+            "n_unlabelled": {mod: int(np.asarray(values.isna()).sum()) for mod, values in labels.items()},
+        }
+    else:
+        train, val, test_we = spec.folds[fold]
+        entry = {
             "params": {
                 "scheme": scheme,
                 "fold": fold,
+                "by": None,
                 "mods": list(mods),
                 "replicate_key": replicate_key,
                 "round_key": round_key,
                 "key_added": key_added,
             },
+            "test_splits": test_splits,
             "replicates": {
                 "train": train,
                 "val": val,
                 "test_we": test_we,
                 "test_he_round": spec.held_out_round,
             },
-        },
-    )
+        }
+    store(mdata, key_added, entry, tool="assign_split")
     return mdata if copy else None

@@ -12,8 +12,9 @@ from scipy import sparse
 from .. import _constants as C
 from .._core import Standardizer, rep_matrix
 from .._errors import ContractError, MorphomuWarning
-from .._uns import h5_safe
+from .._uns import store
 from .._validation import check_obs_keys, check_rep, get_adata, where
+from ._split import SPLIT_REMEDY
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -34,7 +35,7 @@ def _fit_rows(
         found = sorted(adata.obs[split_key].astype(str).unique())
         msg = (
             f"fit_on={fit_on!r}: no cells of {where(mod).removesuffix('.X')}.obs[{split_key!r}] have that label; "
-            f"found {found}. Run mm.pp.assign_split first, or pass fit_on=None to fit on every cell."
+            f"found {found}. {SPLIT_REMEDY} Or pass fit_on=None to fit on every cell."
         )
         raise ContractError(msg)
     return rows
@@ -75,7 +76,7 @@ def standardize(
     Returns
     -------
     ``None`` or the copy. Writes ``.obsm[key_added]`` (float32) and
-    ``uns['morphomu']['standardize'][key_added]`` with ``mean``, ``std`` and the parameters.
+    ``uns['morphomu'][key_added]`` with ``mean``, ``std`` and the parameters.
 
     Examples
     --------
@@ -118,7 +119,7 @@ def standardize(
         },
         "n_fit": int(rows.size),
     }
-    data.uns.setdefault(C.UNS_KEY, {}).setdefault("standardize", {})[key_added] = h5_safe(entry)
+    store(data, key_added, entry, tool="standardize")
     return data if copy else None
 
 
@@ -138,10 +139,13 @@ def destandardize(data: MuData | AnnData, values: np.ndarray, *, key: str) -> np
     -------
     The values in raw units (float32).
     """
+    uns = data.uns.get(C.UNS_KEY, {})
     try:
-        entry = data.uns[C.UNS_KEY]["standardize"][key]
+        entry = uns[key] if key in uns else uns["standardize"][key]  # the layout before one-entry-per-key
     except (KeyError, TypeError, AttributeError):  # absent, or uns / its entries are not dicts
-        msg = f"key={key!r} has no stored statistics in uns['morphomu']['standardize']; run mm.pp.standardize first."
+        msg = (
+            f"key={key!r} has no stored statistics in uns['morphomu'][{key!r}]; run mm.pp.standardize first."
+        )
         raise ContractError(msg) from None
     try:
         scaler = Standardizer.from_dict(entry)
@@ -149,7 +153,7 @@ def destandardize(data: MuData | AnnData, values: np.ndarray, *, key: str) -> np
         scaler = None
     if scaler is None or scaler.mean.ndim != 1 or scaler.mean.shape != scaler.std.shape:
         msg = (
-            f"uns['morphomu']['standardize'][{key!r}] (key) is not a standardisation entry (1-d 'mean' and "
+            f"uns['morphomu'][{key!r}] (key) is not a standardisation entry (1-d 'mean' and "
             "'std' arrays of one length); run mm.pp.standardize again."
         )
         raise ContractError(msg)

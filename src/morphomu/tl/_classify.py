@@ -12,10 +12,18 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
-from .._core import quiet_lightning
+from .._core import quiet_lightning, renamed_arguments
 from .._errors import ContractError, MorphomuError
-from .._uns import store
-from .._validation import check_mudata, check_obs_keys, check_positive_int, check_rep, get_mod
+from .._uns import CONTRACT_KEYS, known_keys, plain, records, resolve, store
+from .._validation import (
+    TEST_SPLITS,
+    check_mudata,
+    check_obs_keys,
+    check_positive_int,
+    check_rep,
+    get_mod,
+    test_split_labels,
+)
 from ..train._disk_cache import check_cache_options
 
 if TYPE_CHECKING:
@@ -67,24 +75,54 @@ def _light_mudata(
         return md.MuData(mods)
 
 
+def _known_input_keys(mdata: MuData, mods: Sequence[str]) -> dict[str, Any]:
+    """What morphomu's records say about the input modalities, merged; a generated modality's record wins.
+
+    A generator records the keys of the data it learned from, so its output's keys are the surest.
+    """
+    known = [known_keys(mdata, mod) for mod in mods]
+    merged: dict[str, Any] = {}
+    # real inputs first, generated ones ("real" is set only by the record of the step that wrote a modality) last
+    for keys in sorted(known, key=lambda keys: keys.get("real") is not None):
+        merged.update(keys)
+    return merged
+
+
+def _test_splits(light: Mapping[int, MuData], specs: Sequence[Any], split_key: str) -> list[str]:
+    """``splits='test'``: the test labels of the split column present in every input (and fold), in order."""
+    labels: list[str] | None = None
+    for ld in light.values():
+        for s in specs:
+            mine = test_split_labels(ld.mod[s.mod], split_key, mod=s.mod)
+            labels = mine if labels is None else [label for label in labels if label in mine]
+    if not labels:
+        msg = (
+            f"splits='test': the inputs {[s.mod for s in specs]} share no test label of obs[{split_key!r}] "
+            "(split_key); pass splits=[...] naming the labels to score."
+        )
+        raise ContractError(msg)
+    return labels
+
+
+@renamed_arguments(target="treatment_key", test_sets="splits", hparams="preset")
 def classify(
     mdata: MuData,
     *,
     inputs: Any,
     setting: Literal["single", "multi"] = "single",
     k: int = 32,
-    target: str = C.TREATMENT_KEY,
+    treatment_key: str | None = None,
     exclude: Sequence[str] | str = (C.CONTROL,),
-    sample_key: str = C.SAMPLE_KEY,
-    split_key: str = C.SPLIT_KEY,
+    sample_key: str | None = None,
+    split_key: str | None = None,
     seeds: Sequence[int] | int | None = None,
     cv: bool = False,
     folds: Sequence[int] = (1, 2, 3),
     scheme: str = "scgenescope",
     replicate_key: str = C.REPLICATE_KEY,
     round_key: str = C.ROUND_KEY,
-    test_sets: Sequence[str] = C.HELD_OUT_SPLITS,
-    hparams: str | Mapping[str, Any] = "paper",
+    splits: Sequence[str] | str = TEST_SPLITS,
+    preset: str | Mapping[str, Any] = "paper",
     eval_seed: int = 2024,
     accelerator: str = "auto",
     devices: int | list[int] | str = "auto",
@@ -131,14 +169,18 @@ def classify(
         ``'single'`` (one cell per example) or ``'multi'`` (``k`` cells of one sample averaged).
     k
         Cells per multi-profile example and input.
-    target
-        obs column with the class (present in every input modality).
+    treatment_key
+        obs column with the class, present in every input modality (default: from the record of the step
+        that wrote an input, e.g. :func:`~morphomu.tl.generate_rna` for ``rna_synthetic``, else
+        ``'treatment'``). Formerly ``target``.
     exclude
-        Target values that are not classes (the control by default: 28 classes, chance 1/28).
+        Treatments that are not classes (the control by default: 28 classes, chance 1/28).
     sample_key
-        obs column with the sample (pairs the modalities; one target value per sample).
+        obs column with the sample, which pairs the modalities and has one treatment (default: from the
+        record of the step that wrote an input, else ``'sample'``).
     split_key
-        obs column with the split labels (ignored with ``cv=True``).
+        obs column with the split labels (default: from the record of the step that wrote an input, else
+        ``'split'``). With ``cv=True`` each fold's labels replace it on a private copy.
     seeds
         Training seeds; default the paper's five (12345, 42, 1234, 99, 7), or 12345 alone with ``cv=True``.
     cv
@@ -151,11 +193,14 @@ def classify(
         Split scheme of the cross-validation.
     replicate_key, round_key
         obs columns the cross-validation splits by.
-    test_sets
-        Split labels scored.
-    hparams
-        ``'paper'`` (Table 6), ``'fast'``, ``'tiny'`` or a dict of overrides such as
-        ``{'preset': 'paper', 'max_epochs': 20}`` (see :func:`morphomu.models._classifier.resolve_hparams`).
+    splits
+        Split labels scored: a sequence, one label, or ``'test'`` (default): every label of the split
+        column other than ``'train'`` and ``'val'`` that every input has, in category order (``test_we``,
+        ``test_he`` for the scGeneScope split). Formerly ``test_sets``.
+    preset
+        Classifier sizes and optimiser settings: ``'paper'`` (Table 6, the benchmark's protocol),
+        ``'fast'``, ``'tiny'`` or a dict of overrides such as ``{'preset': 'paper', 'max_epochs': 20}``
+        (see :func:`morphomu.models._classifier.resolve_hparams`). Formerly ``hparams``.
     eval_seed
         Seed of the fixed validation and test examples (2024 as scGeneScope).
     accelerator, devices
@@ -186,13 +231,15 @@ def classify(
 
     Returns
     -------
-    With ``inplace=False`` the tidy results: one row per ``(seed, fold, test_set)`` with columns ``seed``,
+    With ``inplace=False`` the tidy results: one row per ``(seed, fold, test_set)`` (``test_set`` is one of
+    ``splits``) with columns ``seed``,
     ``fold``, ``test_set``, ``balanced_accuracy``, ``macro_f1``, ``weighted_f1``, ``n_examples``,
     ``best_epoch`` and ``best_val_balanced_accuracy`` (``fold`` is the CV fold, or without ``cv`` the fold
     :func:`~morphomu.pp.assign_split` recorded for ``split_key``, 0 when unknown). With ``inplace=True``, ``None``, and
     ``mdata.uns['morphomu'][key_added]`` holds ``results`` (that table), ``summary`` (per test set: mean
     and standard deviation, ddof=1, of each metric over the runs, and ``n_runs``), ``classes``, ``chance``
-    (1 / number of classes) and ``params``.
+    (1 / number of classes) and ``params`` (the arguments, under their current names; ``inputs`` as
+    ``'mod/rep'`` labels, ``'mod/X'`` for ``.X``).
 
     Examples
     --------
@@ -205,7 +252,7 @@ def classify(
     from tqdm.auto import tqdm
 
     from ..models._classifier import TreatmentClassifier, input_kind, parse_inputs, resolve_hparams
-    from ..pp._split import SCHEMES, split_labels
+    from ..pp._split import SCHEMES, SPLIT_REMEDY, split_labels
 
     # --- every check before any work ---------------------------------------------------------------
     check_mudata(mdata)
@@ -221,8 +268,8 @@ def classify(
             "resume them, or another checkpoint_dir."
         )
         raise MorphomuError(msg)
-    specs = parse_inputs(inputs)
-    resolve_hparams(hparams, setting, input_kind(specs))
+    specs = parse_inputs(inputs, data=mdata)
+    hparams = resolve_hparams(preset, setting, input_kind(specs))
     k = check_positive_int(k, "k")
     checkpoint_every_n_steps = check_positive_int(checkpoint_every_n_steps, "checkpoint_every_n_steps")
     if seeds is None:
@@ -232,12 +279,24 @@ def classify(
         msg = f"seeds must be a non-empty sequence of integers, got {seeds!r}."
         raise MorphomuError(msg)
     check_cache_options(in_memory, cache_dir, cache_dtype)
-    test_sets = [test_sets] if isinstance(test_sets, str) else list(test_sets)
+    if not isinstance(splits, str) and (
+        not isinstance(splits, Sequence) or not splits or not all(isinstance(x, str) for x in splits)
+    ):
+        msg = f"splits must be 'test', a split label or a non-empty sequence of labels, got {splits!r}."
+        raise MorphomuError(msg)
     exclude = [exclude] if isinstance(exclude, str) else [str(e) for e in exclude]
     for s in specs:
-        adata = get_mod(mdata, s.mod, arg="inputs")
+        get_mod(mdata, s.mod, arg="inputs")
+    # keys follow the data: the caller's, else what the records of the inputs say, else the contract's
+    treatment_key, sample_key, split_key = resolve(
+        {"treatment_key": treatment_key, "sample_key": sample_key, "split_key": split_key},
+        _known_input_keys(mdata, [s.mod for s in specs]),
+        CONTRACT_KEYS,
+    ).values()
+    for s in specs:
+        adata = mdata.mod[s.mod]
         check_rep(adata, s.rep, mod=s.mod, arg="inputs")
-        check_obs_keys(adata, {"target": target, "sample_key": sample_key}, mod=s.mod)
+        check_obs_keys(adata, {"treatment_key": treatment_key, "sample_key": sample_key}, mod=s.mod)
     fold_splits: dict[int, dict[str, Any] | None] = {}
     if cv:
         if scheme not in SCHEMES:
@@ -264,7 +323,7 @@ def classify(
         for s in specs:
             check_obs_keys(mdata.mod[s.mod], {"split_key": split_key}, mod=s.mod)
         fold_splits[0] = None
-    obs_keys = [target, sample_key, split_key]
+    obs_keys = [treatment_key, sample_key, split_key]
     light = {
         f: _light_mudata(mdata, specs, obs_keys, split_key, sp, load_backed=in_memory is True)
         for f, sp in fold_splits.items()
@@ -275,19 +334,19 @@ def classify(
             for label in (C.TRAIN, C.VAL):
                 if not (split == label).any():
                     msg = (
-                        f"mdata.mod[{s.mod!r}].obs[{split_key!r}] has no {label!r} cells{f' in fold {f}' if cv else ''}; "
-                        "run mm.pp.assign_split first."
+                        f"mdata.mod[{s.mod!r}].obs[{split_key!r}] has no {label!r} cells{f' in fold {f}' if cv else ''}. "
+                        f"{SPLIT_REMEDY}"
                     )
                     raise ContractError(msg)
+    if isinstance(splits, str):
+        splits = _test_splits(light, specs, split_key) if splits == TEST_SPLITS else [splits]
+    splits = [str(x) for x in splits]
 
     # --- training and testing ----------------------------------------------------------------------
     given_fold = 0  # the user's own split; its fold when mm.pp.assign_split recorded one
-    with_split = mdata.uns.get(C.UNS_KEY, {}).get("assign_split", {})
-    if (
-        isinstance(with_split, Mapping)
-        and with_split.get("params", {}).get("key_added", split_key) == split_key
-    ):
-        given_fold = int(with_split.get("params", {}).get("fold", 0))
+    for key, entry in records(mdata, tool="assign_split"):
+        if key == split_key:
+            given_fold = int(plain(entry["params"].get("fold", 0)) or 0)
     rows = []
     classes: list[str] = []
     runs = [(f, seed) for f in fold_splits for seed in seeds]
@@ -300,13 +359,13 @@ def classify(
                 TreatmentClassifier.setup_mudata(
                     ld,
                     inputs=[(s.mod, s.rep, s.kind) for s in specs],
-                    target_key=target,
+                    treatment_key=treatment_key,
                     sample_key=sample_key,
                     split_key=split_key,
                 )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
-                model = TreatmentClassifier(ld, setting=setting, k=int(k), exclude=exclude, hparams=hparams)
+                model = TreatmentClassifier(ld, setting=setting, k=int(k), exclude=exclude, preset=preset)
             classes = model.classes_
             model._row_caches = caches  # one disk cache per backed input, shared by every seed and fold
             run_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"fold{fold}-seed{seed}"
@@ -323,7 +382,7 @@ def classify(
                 checkpoint_every_n_steps=checkpoint_every_n_steps,
                 ckpt_path=ckpt_path,
             )
-            scores = model.evaluate(splits=test_sets, seed=eval_seed)
+            scores = model.evaluate(splits=splits, seed=eval_seed)
             for test_set, r in scores.iterrows():
                 rows.append(
                     {
@@ -356,21 +415,24 @@ def classify(
             "classes": list(classes),
             "chance": 1.0 / len(classes),
             "params": {
-                "inputs": [s.label for s in specs],
+                "inputs": [f"{s.mod}/{s.rep or 'X'}" for s in specs],
                 "kinds": [s.kind for s in specs],
                 "setting": setting,
                 "k": int(k) if setting == "multi" else 1,
-                "target": target,
+                "treatment_key": treatment_key,
                 "exclude": exclude,
                 "sample_key": sample_key,
                 "split_key": split_key,
                 "seeds": [int(s) for s in seeds],
                 "cv": bool(cv),
                 "folds": [int(f) for f in fold_splits] if cv else [given_fold],
-                "test_sets": test_sets,
-                "hparams": resolve_hparams(hparams, setting, input_kind(specs)),
+                "splits": splits,
+                # the name (or the overrides) given, and the values it resolved to
+                "preset": preset if isinstance(preset, str) else dict(preset),
+                "hparams": hparams,
                 "eval_seed": int(eval_seed),
             },
         },
+        tool="classify",
     )
     return None

@@ -11,10 +11,10 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _constants as C
-from .._core import CHUNK_ROWS
+from .._core import CHUNK_ROWS, renamed_arguments
 from .._errors import ContractError
-from .._uns import store
-from .._validation import check_obs_keys, check_rep, get_mod, where
+from .._uns import AUTO, CONTRACT_KEYS, known_keys, resolve, store
+from .._validation import TEST_SPLITS, check_obs_keys, check_rep, get_mod, splits_of, where
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -136,15 +136,15 @@ def _side(
     rep: str | None,
     *,
     arg: str,
-    groupby: str,
+    treatment_key: str,
     split_key: str,
     splits: Sequence[str] | None,
 ) -> tuple[AnnData, np.ndarray, np.ndarray]:
     """The modality, the rows of the chosen splits and their condition labels (strings)."""
     adata = get_mod(mdata, mod, arg=arg)
     check_rep(adata, rep, mod=mod, arg="rep" if arg == "real" else "synthetic_rep")
-    check_obs_keys(adata, {"groupby": groupby}, mod=mod)
-    labels = adata.obs[groupby].astype(str).to_numpy()
+    check_obs_keys(adata, {"treatment_key": treatment_key}, mod=mod)
+    labels = adata.obs[treatment_key].astype(str).to_numpy()
     rows = np.arange(adata.n_obs)
     if splits is not None:
         check_obs_keys(adata, {"split_key": split_key}, mod=mod)
@@ -159,16 +159,17 @@ def _side(
     return adata, rows, labels[rows]
 
 
+@renamed_arguments(groupby="treatment_key")
 def fidelity(
     mdata: MuData,
     *,
-    real: str = C.RNA_MOD,
+    real: str | None = None,
     synthetic: str = C.RNA_SYNTHETIC_MOD,
-    rep: str | None = C.RNA_REP,
+    rep: str | None = AUTO,
     synthetic_rep: str | None | bool = False,
-    groupby: str = C.TREATMENT_KEY,
-    splits: Sequence[str] | str | None = C.HELD_OUT_SPLITS,
-    split_key: str = C.SPLIT_KEY,
+    treatment_key: str | None = None,
+    splits: Sequence[str] | str | None = TEST_SPLITS,
+    split_key: str | None = None,
     distributions: bool = True,
     max_cells: int | None = 1000,
     seed: int = 0,
@@ -177,7 +178,7 @@ def fidelity(
 ) -> pd.DataFrame | None:
     """Embedding-space fidelity of synthetic cells: retrieval rank and specificity of condition centroids.
 
-    For every condition ``T`` (every value of ``groupby``, the control included) the real and the
+    For every condition ``T`` (every value of ``treatment_key``, the control included) the real and the
     synthetic centroids ``r_T`` and ``s_T`` are the means of the cells of the chosen splits. Following
     the PhenoSeq paper (appendix A.3):
 
@@ -198,22 +199,28 @@ def fidelity(
     mdata
         The experiment.
     real
-        Modality of the real cells.
+        Modality of the real cells; default: from the record of the step that wrote ``synthetic``
+        (:func:`~morphomu.tl.generate_rna` records its ``rna_mod``), else ``'rna'``.
     synthetic
         Modality of the synthetic cells.
     rep
-        Representation (``.obsm`` key, ``None`` for ``.X``) of the real cells.
+        Representation (``.obsm`` key, ``None`` for ``.X``) of the real cells; default (``'auto'``):
+        from the record of the step that wrote ``synthetic``, else ``'X_scgpt'``.
     synthetic_rep
         Representation of the synthetic cells; by default (``False``) the same key as ``rep``. The two
         must have the same number of features and the same provenance
         (:func:`~morphomu.tl._fidelity.provenance`: both raw or both standardised forms of the same
         source), otherwise a :class:`~morphomu.ContractError` is raised.
-    groupby
-        obs column with the condition (present in both modalities).
+    treatment_key
+        obs column with the condition (present in both modalities); default: from the record of the
+        step that wrote ``synthetic``, else ``'treatment'``.
     splits
-        Split labels whose cells are compared (default the held-out test splits); ``None`` uses every cell.
+        Split labels whose cells are compared; ``'test'`` (default): every label of ``split_key`` other
+        than ``'train'`` and ``'val'`` (``test_we`` and ``test_he`` for the scGeneScope scheme); ``None``
+        uses every cell.
     split_key
-        obs column with the split labels.
+        obs column with the split labels; default: from the record of the step that wrote ``synthetic``,
+        else ``'split'``.
     distributions
         Compute the distribution-level scores (``energy``, ``mmd``); otherwise those columns are NaN.
     max_cells
@@ -246,10 +253,18 @@ def fidelity(
     """
     import torch
 
+    produced = known_keys(mdata, synthetic)  # what the step that wrote `synthetic` recorded
+    real = real if real is not None else produced.get("real", C.RNA_MOD)
+    known = {**known_keys(mdata, real), **produced}
+    if rep == AUTO:
+        rep = known.get("rep", C.RNA_REP)
+    treatment_key, split_key = resolve(
+        {"treatment_key": treatment_key, "split_key": split_key}, known, CONTRACT_KEYS
+    ).values()
     if synthetic_rep is False:
         synthetic_rep = rep
-    if isinstance(splits, str):
-        splits = (splits,)
+    if splits is not None:
+        splits = splits_of(get_mod(mdata, real, arg="real"), splits, split_key, mod=real)
     if max_cells is not None and int(max_cells) < 2:
         msg = f"max_cells must be at least 2 (or None), got {max_cells}."
         raise ContractError(msg)
@@ -259,10 +274,16 @@ def fidelity(
         )
         raise ContractError(msg)
     real_ad, real_rows, real_lab = _side(
-        mdata, real, rep, arg="real", groupby=groupby, split_key=split_key, splits=splits
+        mdata, real, rep, arg="real", treatment_key=treatment_key, split_key=split_key, splits=splits
     )
     syn_ad, syn_rows, syn_lab = _side(
-        mdata, synthetic, synthetic_rep, arg="synthetic", groupby=groupby, split_key=split_key, splits=splits
+        mdata,
+        synthetic,
+        synthetic_rep,
+        arg="synthetic",
+        treatment_key=treatment_key,
+        split_key=split_key,
+        splits=splits,
     )
     n_real_feat = real_ad.obsm[rep].shape[1] if rep is not None else real_ad.X.shape[1]
     n_syn_feat = syn_ad.obsm[synthetic_rep].shape[1] if synthetic_rep is not None else syn_ad.X.shape[1]
@@ -286,7 +307,7 @@ def fidelity(
     if real_set != syn_set:
         only_real, only_syn = sorted(real_set - syn_set), sorted(syn_set - real_set)
         msg = (
-            f"the conditions (obs[{groupby!r}]){where_splits} differ between mdata.mod[{real!r}] and "
+            f"the conditions (obs[{treatment_key!r}]){where_splits} differ between mdata.mod[{real!r}] and "
             f"mdata.mod[{synthetic!r}]: only real {only_real[:10]}, only synthetic {only_syn[:10]}. "
             "Generate cells for every condition, or subset both modalities to the same conditions."
         )
@@ -295,7 +316,7 @@ def fidelity(
     if len(conditions) < 2:
         msg = (
             f"fidelity ranks a condition among the others and needs at least two conditions in "
-            f"obs[{groupby!r}]{where_splits}; found {list(conditions)}."
+            f"obs[{treatment_key!r}]{where_splits}; found {list(conditions)}."
         )
         raise ContractError(msg)
 
@@ -343,7 +364,7 @@ def fidelity(
             "energy": energy,
             "mmd": mmd,
         },
-        index=pd.Index(conditions.astype(str), name=groupby),
+        index=pd.Index(conditions.astype(str), name=treatment_key),
     )
     if not inplace:
         return table
@@ -371,7 +392,7 @@ def fidelity(
                 "synthetic": synthetic,
                 "rep": rep,
                 "synthetic_rep": synthetic_rep,
-                "groupby": groupby,
+                "treatment_key": treatment_key,
                 "splits": None if splits is None else [str(x) for x in splits],
                 "split_key": split_key,
                 "distributions": bool(distributions),
@@ -380,5 +401,6 @@ def fidelity(
                 "bandwidth_rule": "median pairwise euclidean distance of the pooled cells",
             },
         },
+        tool="fidelity",
     )
     return None

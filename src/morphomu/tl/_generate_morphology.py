@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _constants as C
@@ -60,7 +61,8 @@ def generate_morphology(
     model: Trident | MorphologyEmbedder | None = None,
     preset: Literal["paper", "fast", "tiny"] = "fast",
     output: Literal["image", "embedding"] = "image",
-    n_images_per_treatment: int = 16,
+    n_images_per_treatment: int | None = None,
+    n_cells_per_sample: int | None = None,
     compounds: Any = None,
     key_added: str = C.IMAGE_SYNTHETIC_MOD,
     seed: int = 0,
@@ -106,8 +108,10 @@ def generate_morphology(
     output
         ``'image'`` (tiles in ``.obsm[images_key]``) or ``'embedding'`` (``.obsm[image_rep]``).
     n_images_per_treatment
-        ``'image'``: tiles per compound. ``'embedding'``: embeddings per sample (one treated well; a
-        compound has one sample per replicate).
+        ``'image'``: tiles per compound (default 16).
+    n_cells_per_sample
+        ``'embedding'``: embeddings per sample (one treated well; a compound has one sample per
+        replicate; default 16).
     compounds
         Compounds to generate for. ``'image'``: names (default every treated compound, ``ood`` included) or
         a mapping name -> SMILES for new structures (see :meth:`Trident.generate`). ``'embedding'``: names of
@@ -135,7 +139,7 @@ def generate_morphology(
     The model trained here (so it is not lost), else ``None``. Writes ``mdata.mod[key_added]`` (obs
     ``treatment``, ``smiles``, ``synthetic=True``, and for embeddings the sample's ``sample``, ``replicate``,
     ``round``, ``split``; obs_names prefixed with ``key_added``) and
-    ``mdata.uns['morphomu']['generate_morphology']`` with the parameters.
+    ``mdata.uns['morphomu'][key_added]`` with the parameters.
 
     Examples
     --------
@@ -155,7 +159,7 @@ def generate_morphology(
     if output not in _OUTPUTS:
         msg = f"output={output!r}: choose one of {list(_OUTPUTS)}."
         raise MorphomuError(msg)
-    n_images_per_treatment = check_positive_int(n_images_per_treatment, "n_images_per_treatment")
+    n_per_unit, count_arg = _count(output, n_images_per_treatment, n_cells_per_sample)
     from ..models import MorphologyEmbedder, Trident
 
     # the model's own checks, so that e.g. a bad n_steps is refused before a model is trained here
@@ -185,7 +189,7 @@ def generate_morphology(
         mdata,
         model=model,
         preset=preset,
-        n_per_unit=int(n_images_per_treatment),
+        n_per_unit=n_per_unit,
         compounds=compounds,
         key_added=key_added,
         seed=seed,
@@ -197,7 +201,7 @@ def generate_morphology(
     params = {
         "output": output,
         "key_added": key_added,
-        "n_images_per_treatment": int(n_images_per_treatment),
+        count_arg: n_per_unit,
         "seed": int(seed),
         **keys,
         **plain_params(generate_kwargs),
@@ -206,13 +210,14 @@ def generate_morphology(
         params["compounds"] = [str(compounds)] if isinstance(compounds, str) else [str(c) for c in compounds]
     store(
         mdata,
-        "generate_morphology",
+        key_added,
         {
             "params": params,
             "n_generated": int(adata.n_obs),
             "trained_here": trained_here is not None,
             **extra,
         },
+        tool="generate_morphology",
     )
     return trained_here
 
@@ -252,6 +257,32 @@ def _generate_images(
         trained_here = model
     adata = model.generate(compounds=compounds, n_images=n_per_unit, seed=seed, **generate_kwargs)
     return adata, keys, trained_here, {"model": "Trident", "preset": model.preset}
+
+
+def _count(
+    output: str, n_images_per_treatment: int | None, n_cells_per_sample: int | None
+) -> tuple[int, str]:
+    """How many to generate per unit, and the argument that says it (the one fitting ``output``)."""
+    if output == "image":
+        if n_cells_per_sample is not None:
+            msg = "n_cells_per_sample is for output='embedding'; output='image' takes n_images_per_treatment."
+            raise MorphomuError(msg)
+        return check_positive_int(
+            16 if n_images_per_treatment is None else n_images_per_treatment, "n_images_per_treatment"
+        ), "n_images_per_treatment"
+    if n_images_per_treatment is not None:
+        if n_cells_per_sample is not None:
+            msg = "output='embedding' takes n_cells_per_sample only (n_images_per_treatment is its former name)."
+            raise MorphomuError(msg)
+        warnings.warn(
+            "generate_morphology(output='embedding'): n_images_per_treatment= counts embeddings per sample; "
+            "pass n_cells_per_sample= (the old name will stop working in the next release).",
+            FutureWarning,
+            stacklevel=3,
+        )
+        n_cells_per_sample = n_images_per_treatment
+    n = 16 if n_cells_per_sample is None else n_cells_per_sample
+    return check_positive_int(n, "n_cells_per_sample"), "n_cells_per_sample"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def generate_rna(
     The model trained here (a :class:`~morphomu.models.PhenoSeq` or
     :class:`~morphomu.models.RidgeBaseline`, so it is not lost), else ``None``. Writes
     ``mdata.mod[key_added]`` (obs ``sample``, ``treatment``, ..., ``synthetic=True``; ``.obsm[rna_rep]`` and
-    ``.X``) and ``mdata.uns['morphomu']['generate_rna']`` with the parameters (``ridge``: also
+    ``.X``) and ``mdata.uns['morphomu'][key_added]`` with the parameters (``ridge``: also
     ``ridge_alpha`` and ``n_train_samples``).
 
     Examples
@@ -168,7 +168,7 @@ def generate_rna(
     samples = generate_kwargs.get("samples")
     if samples is not None:
         params["samples"] = [samples] if isinstance(samples, str) else [str(s) for s in samples]
-    store(mdata, "generate_rna", {"params": params, "n_cells": int(adata.n_obs), **extra})
+    store(mdata, key_added, {"params": params, "n_cells": int(adata.n_obs), **extra}, tool="generate_rna")
     return trained_here
 
 

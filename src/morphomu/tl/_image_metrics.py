@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
+from .._core import renamed_arguments
 from .._errors import ContractError, MorphomuError
-from .._uns import store
+from .._uns import AUTO, CONTRACT_KEYS, known_keys, store
 from .._validation import check_obs_keys, check_rep, get_mod, get_rep
 from ._feature_distances import (
     as_feature_matrix,
@@ -78,11 +79,36 @@ class _Side:
     def tiles_source(self) -> Any:
         return self.array if self.array is not None else self.adata
 
-    def labels(self, key: str | None) -> np.ndarray | None:
+    def labels(self, key: str | None, role: str) -> np.ndarray | None:
+        """``obs[key]`` as strings (``role``: the argument that named ``key``), ``None`` without obs."""
         if key is None or self.adata is None:
             return None
-        check_obs_keys(self.adata, {"groupby/label_key": key}, mod=None)
+        check_obs_keys(self.adata, {role: key}, mod=None)
         return self.adata.obs[key].astype(str).to_numpy()
+
+
+def _follow_the_data(
+    real: Any, generated: Any, *, mod: str | None, images_key: str | None, treatment_key: str | None
+) -> tuple[str, str, str | None]:
+    """``mod``, ``images_key`` and ``treatment_key``: the caller's, else what the records say, else the contract's.
+
+    The records are those of ``real`` (a MuData) about ``generated`` (the step that wrote it, e.g.
+    :func:`~morphomu.tl.generate_morphology`, first) and about the real modality.
+    """
+    from mudata import MuData
+
+    known: dict[str, Any] = {}
+    if isinstance(real, MuData) and isinstance(generated, str):
+        produced = known_keys(real, generated)
+        real_mod = mod if mod is not None else produced.get("real", C.IMAGE_MOD)
+        known = {**known_keys(real, real_mod), **produced}
+    mod = mod if mod is not None else known.get("real", C.IMAGE_MOD)
+    images_key = (
+        images_key if images_key is not None else known.get("images_key", CONTRACT_KEYS["images_key"])
+    )
+    if treatment_key == AUTO:
+        treatment_key = known.get("treatment_key", CONTRACT_KEYS["treatment_key"])
+    return mod, images_key, treatment_key
 
 
 def _resolve(real: Any, generated: Any, mod: str, images_key: str) -> tuple[_Side, _Side, MuData | None]:
@@ -172,7 +198,7 @@ def _obsm_features(side: _Side, key: str) -> np.ndarray:
 
 
 def _train_classifier(
-    features: np.ndarray, labels: np.ndarray, *, hparams: Any, seed: int, max_epochs: int | None
+    features: np.ndarray, labels: np.ndarray, *, preset: Any, seed: int, max_epochs: int | None
 ) -> Any:
     """A TreatmentClassifier (single-profile MLP) on the real features, 80 / 20 train / val by class."""
     import anndata as ad
@@ -198,10 +224,10 @@ def _train_classifier(
     with no_pull_on_update():
         mdata = md.MuData({C.IMAGE_MOD: adata})
     TreatmentClassifier.setup_mudata(
-        mdata, inputs=(C.IMAGE_MOD, None), target_key="label", sample_key="sample", split_key="split"
+        mdata, inputs=(C.IMAGE_MOD, None), treatment_key="label", sample_key="sample", split_key="split"
     )
     torch.manual_seed(seed)
-    model = TreatmentClassifier(mdata, setting="single", exclude=(), hparams=hparams)
+    model = TreatmentClassifier(mdata, setting="single", exclude=(), preset=preset)
     model.train(max_epochs=max_epochs, progress=False, seed=seed, accelerator="cpu", devices=1)
     return model
 
@@ -252,21 +278,22 @@ def _check_classifier(classifier: Any, dim: int) -> None:
 # --- public tool ------------------------------------------------------------------------------------
 
 
+@renamed_arguments(label_key="treatment_key", classifier_hparams="preset")
 def image_metrics(
     real: MuData | AnnData | np.ndarray,
     generated: str | AnnData | np.ndarray = C.IMAGE_SYNTHETIC_MOD,
     *,
-    mod: str = C.IMAGE_MOD,
+    mod: str | None = None,
     features: str | None = None,
-    images_key: str = C.IMAGES_KEY,
+    images_key: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     model: str = "vit_large_patch16_224",
     vit_kwargs: Mapping[str, Any] | None = None,
     readout_kwargs: Mapping[str, Any] | None = None,
     groupby: str | None = None,
-    label_key: str | None = C.TREATMENT_KEY,
+    treatment_key: str | None = AUTO,
     classifier: Any = None,
-    classifier_hparams: str | Mapping[str, Any] = "fast",
+    preset: str | Mapping[str, Any] = "fast",
     classifier_epochs: int | None = None,
     n_subsets: int = 100,
     subset_size: int = 1000,
@@ -292,8 +319,8 @@ def image_metrics(
     FID is :func:`frechet_distance`, KID :func:`kernel_distance` (unbiased polynomial-kernel MMD², mean ±
     std over ``n_subsets`` subsets of ``subset_size`` rows; torch-fidelity's and torchmetrics' estimator).
     IS is :func:`inception_score` of a classifier's class probabilities on the generated features: the
-    ``classifier`` given, or a :class:`~morphomu.models.TreatmentClassifier` (single-profile MLP, preset
-    ``classifier_hparams``) trained here on the real features to predict ``obs[label_key]`` (80 / 20
+    ``classifier`` given, or a :class:`~morphomu.models.TreatmentClassifier` (single-profile MLP of size
+    ``preset``) trained here on the real features to predict ``obs[treatment_key]`` (80 / 20
     train / validation split per class). IS is usually read higher-is-better, but **the TRIDENT paper reads
     it lower-is-better**: "For IS, in this context, a lower score is preferable as it indicates that the
     model has learned to consistently generate the specific, constrained phenotype for a given condition,
@@ -310,11 +337,13 @@ def image_metrics(
         The generated images: a modality name of ``real`` (a MuData), an AnnData or an array, of the same
         kind as ``real``.
     mod
-        Modality of the real images when ``real`` is a MuData.
+        Modality of the real images when ``real`` is a MuData (default: from the record of the step that
+        wrote ``generated``, e.g. :func:`~morphomu.tl.generate_morphology`'s ``image_mod``, else ``'img'``).
     features
         ``'vit'``, ``'readouts'``, an ``.obsm`` key present in both sets, or ``None`` (see above).
     images_key
-        ``.obsm`` key of the tiles in AnnData inputs.
+        ``.obsm`` key of the tiles (default: from the record of the step that wrote ``generated``, else
+        ``'images'``).
     checkpoint
         Local weights of ``model`` for ``features='vit'``.
     model
@@ -325,17 +354,20 @@ def image_metrics(
     readout_kwargs
         More arguments of :func:`morphomu.tl.morphology_readouts` for ``features='readouts'``.
     groupby
-        obs column present in both sets (e.g. ``'treatment'``): one row per group present in the generated
-        set, besides the overall row ``'all'``.
-    label_key
-        obs column of the real set with the classes of the IS classifier; ``None`` skips IS (NaN) unless
+        obs column present in both sets that breaks the table down (e.g. ``'treatment'``, or
+        ``'compound_split'`` for in- vs out-of-distribution compounds): one row per group present in the
+        generated set, besides the overall row ``'all'``. ``None`` (default): the overall row only.
+    treatment_key
+        obs column of the real set with the classes of the IS classifier (default ``'auto'``: from the
+        record of the step that wrote ``generated``, else ``'treatment'``); ``None`` skips IS (NaN) unless
         a ``classifier`` is given. Ignored for arrays (no labels: IS is NaN without a ``classifier``).
+        Formerly ``label_key``.
     classifier
         A trained single-input :class:`~morphomu.models.TreatmentClassifier` on these features, or a
         callable mapping a float32 ``(n, d)`` feature array to ``(n, k)`` class probabilities.
-    classifier_hparams
-        Preset or overrides of the classifier trained here (see
-        :func:`~morphomu.models._classifier.resolve_hparams`).
+    preset
+        Size of the IS classifier trained here: a preset name (``'fast'`` by default) or a dict of overrides
+        (see :func:`~morphomu.models._classifier.resolve_hparams`). Formerly ``classifier_hparams``.
     classifier_epochs
         Its maximum number of epochs (default the preset's).
     n_subsets, subset_size
@@ -363,7 +395,14 @@ def image_metrics(
     ...     mdata, "img_synthetic", features="vit", checkpoint="~/weights/vit_large.safetensors"
     ... )  # doctest: +SKIP
     """
+    mod, images_key, treatment_key = _follow_the_data(
+        real, generated, mod=mod, images_key=images_key, treatment_key=treatment_key
+    )
     real_side, gen_side, mdata = _resolve(real, generated, mod, images_key)
+    for side in (real_side, gen_side):
+        if side.n == 0:
+            msg = f"{side.where} has no rows; image metrics compare two non-empty sets."
+            raise ContractError(msg)
     for name, value in (("n_subsets", n_subsets), ("subset_size", subset_size), ("is_splits", is_splits)):
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
             msg = f"{name} must be a positive integer, got {value!r}."
@@ -399,8 +438,8 @@ def image_metrics(
     if features == "given" and not both_features:
         msg = "features='given' needs both real and generated as (n, d) feature arrays."
         raise ContractError(msg)
-    real_groups = real_side.labels(groupby)
-    gen_groups = gen_side.labels(groupby)
+    real_groups = real_side.labels(groupby, "groupby")
+    gen_groups = gen_side.labels(groupby, "groupby")
     if groupby is not None and (real_groups is None or gen_groups is None):
         msg = f"groupby={groupby!r} needs obs on both sides; arrays have none."
         raise ContractError(msg)
@@ -409,10 +448,17 @@ def image_metrics(
         if missing:
             msg = f"generated groups {missing[:10]} (obs[{groupby!r}]) have no real tiles to compare with."
             raise ContractError(msg)
-    class_labels = real_side.labels(label_key) if classifier is None else None
+    class_labels = real_side.labels(treatment_key, "treatment_key") if classifier is None else None
     if classifier is None and class_labels is not None and len(np.unique(class_labels)) < 2:
-        msg = f"label_key={label_key!r}: the real set has one class only; IS needs at least two (or label_key=None)."
+        msg = (
+            f"treatment_key={treatment_key!r}: the real set has one class only; IS needs at least two "
+            "(or treatment_key=None)."
+        )
         raise ContractError(msg)
+    if classifier is None and class_labels is not None:
+        from ..models._classifier import resolve_hparams
+
+        resolve_hparams(preset, "single", "image")  # a bad preset fails before any features are computed
 
     # --- features -------------------------------------------------------------------------------------
     if features == "vit":
@@ -438,7 +484,7 @@ def image_metrics(
     model_ = classifier
     if model_ is None and class_labels is not None:
         model_ = _train_classifier(
-            f_real, class_labels, hparams=classifier_hparams, seed=seed, max_epochs=classifier_epochs
+            f_real, class_labels, preset=preset, seed=seed, max_epochs=classifier_epochs
         )
     p_gen = _probabilities(model_, f_gen) if model_ is not None else None
     p_real = _probabilities(model_, f_real) if model_ is not None else None
@@ -474,8 +520,13 @@ def image_metrics(
             "readout_columns": columns or [],
             "model": model if features == "vit" else "None",
             "checkpoint": str(checkpoint) if features == "vit" else "None",
+            "images_key": images_key,
             "groupby": groupby,
-            "label_key": label_key,
+            "treatment_key": treatment_key,
+            # the IS classifier's size, when it was trained here
+            "preset": (preset if isinstance(preset, str) else dict(preset))
+            if classifier is None and model_ is not None
+            else None,
             "classifier": "given"
             if classifier is not None
             else ("trained" if model_ is not None else "None"),
@@ -486,5 +537,5 @@ def image_metrics(
             "is_reading": "lower is better in TRIDENT (consistent phenotype per condition)",
             "seed": int(seed),
         }
-        store(mdata, key_added, {"table": table, "params": params})
+        store(mdata, key_added, {"table": table, "params": params}, tool="image_metrics")
     return table

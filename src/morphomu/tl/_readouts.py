@@ -382,7 +382,7 @@ def morphology_readouts(
         Declumping radius in pixels; default ``d / 3`` (at least 1).
     key_added
         ``.obsm`` key of the readout table (a DataFrame indexed like obs) written into an AnnData / MuData
-        modality; parameters go to ``uns['morphomu']['morphology_readouts']``.
+        modality; parameters go to ``uns['morphomu'][key_added]``.
     copy
         For an AnnData / MuData: return a modified copy instead of writing into ``data``.
 
@@ -480,7 +480,7 @@ def morphology_readouts(
         "sigma": float(sigma),
         **used,
     }
-    store(data, "morphology_readouts", {"params": params})
+    store(data, key_added, {"params": params}, tool="morphology_readouts")
     return data if copy else None
 
 
