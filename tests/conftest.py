@@ -8,6 +8,9 @@ import os
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# full precision in every test (precision="auto" would pick bf16 on a CPU with avx512_bf16): results must not
+# depend on the machine; tests of the other precisions pass precision= explicitly
+os.environ.setdefault("MORPHOMU_PRECISION", "32")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402

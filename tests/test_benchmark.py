@@ -139,6 +139,10 @@ def test_imaging_separability_finds_silent_treatments(small_mdata):
     [
         (["--max-epochs", "0"], "--max-epochs=0: expected a positive integer"),
         (["--n-steps", "-1"], "--n-steps=-1: expected a positive integer"),
+        (
+            ["--sampler", "unipc", "--n-steps", "990"],
+            "--n-steps=990: expected a positive integer of at most 980",
+        ),
         (["--data", "missing.h5mu"], "is not a file"),
         (["--data", "a.h5mu", "--scgenescope", "root"], "at most one of --data and --scgenescope"),
     ],

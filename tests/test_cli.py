@@ -58,7 +58,9 @@ SHARED = {
     "--preset",
     "--max-epochs",
     "--n-steps",
+    "--sampler",
     "--accelerator",
+    "--precision",
     "--overwrite",
 }
 
@@ -167,3 +169,10 @@ def test_deprecation_of_task_option_is_printed_by_the_command(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "FutureWarning" in proc.stderr and "`morphomu benchmark morphology ...`" in proc.stderr
     assert "is not an HDF5 file" in proc.stderr  # and the task ran: its checks refused the data
+
+
+def test_benchmark_refuses_a_bad_precision_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["benchmark", "rna", "--out", str(out), "--precision", "fp8"]) != 0
+    assert "--precision='fp8'" in capsys.readouterr().err
+    assert not out.exists()

@@ -392,7 +392,12 @@ def test_cli_n_steps_refused_before_any_work(tmp_path, capsys):
 
     out = tmp_path / "run"
     argv = ["benchmark", "--n-steps", "5000", "--scgenescope", str(tmp_path / "absent"), "--out", str(out)]
-    assert main(argv) == 2
+    assert main([*argv, "--sampler", "ddim"]) == 2
     err = capsys.readouterr().err
     assert "--n-steps=5000: expected a positive integer of at most 1000" in err
+    from morphomu.module._diffusion import DEFAULT_SAMPLER, max_sampler_steps
+
+    assert main(argv) == 2  # the default sampler's bound (a multistep solver starts at t = 980)
+    most = max_sampler_steps(DEFAULT_SAMPLER["phenoseq"])
+    assert f"--n-steps=5000: expected a positive integer of at most {most}" in capsys.readouterr().err
     assert not out.exists()

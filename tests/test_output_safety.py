@@ -488,7 +488,9 @@ def test_benchmark_failing_in_its_plots_publishes_the_finished_stages(tmp_path, 
 
     real_generate = mm.tl.generate_rna
 
-    def ridge(mdata, *, model=None, n_steps=None, **kwargs):  # no diffusion training: seconds, not minutes
+    def ridge(
+        mdata, *, model=None, n_steps=None, sampler=None, **kwargs
+    ):  # no diffusion: seconds, not minutes
         return real_generate(mdata, method="ridge", **kwargs)
 
     def plots(*args, **kwargs):

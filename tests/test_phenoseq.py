@@ -150,8 +150,8 @@ def test_same_seed_same_output_whatever_batch_or_subset(trained, test_we_samples
     other = trained.generate(samples=chosen, seed=4)
     assert np.abs(other.X - ref.X).mean() > 1e-2
     # stochastic DDIM is keyed the same way
-    a = trained.generate(samples=chosen[:2], seed=3, eta=1.0, n_steps=10)
-    b = trained.generate(samples=chosen[:2], seed=3, eta=1.0, n_steps=10, batch_size=9)
+    a = trained.generate(samples=chosen[:2], seed=3, sampler="ddim", eta=1.0, n_steps=10)
+    b = trained.generate(samples=chosen[:2], seed=3, sampler="ddim", eta=1.0, n_steps=10, batch_size=9)
     np.testing.assert_allclose(a.X, b.X, atol=1e-5)
 
 

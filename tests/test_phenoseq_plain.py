@@ -1,4 +1,8 @@
-"""The optimised PhenoSeq computes the same function as a plain implementation on the same weights."""
+"""The optimised PhenoSeq computes the same function as a plain implementation on the same weights.
+
+The plain code is the reference of ``benchmarks/phenoseq.py`` (``nn.TransformerEncoderLayer``,
+``nn.MultiheadAttention``) in morphomu's variant of the architecture.
+"""
 
 import importlib.util
 from pathlib import Path
@@ -31,7 +35,9 @@ def pair():
     ours = PhenoSeqModule(40, 24, prediction_type="epsilon", **sizes).eval()
     with torch.no_grad():  # a non-trivial output head (it starts near zero)
         ours.head[-1].weight.normal_(0, 0.1)
-    return plain, ours, plain.PlainPhenoSeq(40, 24, **sizes).load_from(ours).eval()
+    # morphomu's variant of the plain code (GEGLU encoder, no second LayerNorm), with morphomu's weights
+    twin = plain.PlainPhenoSeq(40, 24, encoder_ff="geglu", ff_norm=False, **sizes)
+    return plain, ours, twin.load_from(ours).eval()
 
 
 @pytest.mark.parametrize("n_context", [1, 16])

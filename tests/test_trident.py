@@ -292,6 +292,20 @@ def test_generate_tiles(trained, data):
     assert set(every.obs["treatment"]) == set(data["img"].obs["treatment"].astype(str)) - {"DMSO"}
 
 
+def test_generate_with_a_multistep_sampler(trained):
+    """``sampler`` reaches the denoising: recorded, independent of the batch size, not DDIM's result."""
+    kw = {"compounds": ["Colchicine", "DMSO"], "n_images": 3, "n_steps": 5, "sampler": "unipc"}
+    out = trained.generate(**kw)
+    record = out.uns["morphomu"]["generate"]
+    assert record["sampler"] == "unipc" and record["n_steps"] == 5
+    small = trained.generate(**kw, batch_size=2)  # a fresh scheduler per batch: no history across batches
+    assert np.abs(small.obsm["images"].astype(int) - out.obsm["images"].astype(int)).max() <= 1
+    ddim = trained.generate(**{**kw, "sampler": "ddim"})
+    assert not np.array_equal(ddim.obsm["images"], out.obsm["images"])
+    with pytest.raises(MorphomuError, match="sampler='euler'"):
+        trained.generate(sampler="euler")
+
+
 def test_generate_unseen_smiles_and_bad_compounds(trained):
     out = trained.generate(compounds={"aspirin": ASPIRIN}, n_images=2, n_steps=5)
     assert out.obsm["images"].shape == (2, 5, 16, 16)

@@ -171,16 +171,22 @@ def _load_benchmark_data(args: argparse.Namespace):
 def _check_benchmark_args(args: argparse.Namespace) -> None:
     """The checks both benchmark tasks make before any work (the data file, the sizes)."""
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files; no display needed
+    from ._core import check_precision
+
+    check_precision(args.precision, "--precision")
     if getattr(args, "scgenescope", None) is None:  # both given: the data loader names the conflict
         _check_data_file(args.data)
     if args.n_steps is not None:  # refused now, not after the models have trained
-        from ._validation import max_diffusion_steps
+        from .module._diffusion import max_sampler_steps
 
-        if not 1 <= args.n_steps <= max_diffusion_steps():
-            msg = (
-                f"--n-steps={args.n_steps}: expected a positive integer of at most {max_diffusion_steps()} "
-                "(the noise schedule's timesteps)."
+        most = max_sampler_steps(args.sampler)
+        if not 1 <= args.n_steps <= most:
+            why = (
+                "the noise schedule's timesteps"
+                if args.sampler == "ddim"
+                else f"--sampler {args.sampler} runs from t = {most} down"
             )
+            msg = f"--n-steps={args.n_steps}: expected a positive integer of at most {most} ({why})."
             raise MorphomuError(msg)
     if args.preset not in ("tiny", "fast", "paper"):  # argparse choices already; kept for programmatic use
         msg = f"--preset={args.preset!r}: choose tiny, fast or paper."
@@ -215,8 +221,10 @@ def _benchmark_morphology(args: argparse.Namespace) -> int:
         config = benchmark.MorphologyBenchmarkConfig(
             preset=args.preset,
             accelerator=args.accelerator,
+            precision=args.precision,
             max_epochs=args.max_epochs,
             n_steps=args.n_steps,
+            sampler=args.sampler,
             classifier_preset=args.classifier_preset or ("tiny" if args.preset == "tiny" else "fast"),
             simulated=simulated,
             data=description,
@@ -245,11 +253,13 @@ def _benchmark_rna(args: argparse.Namespace) -> int:
         config = benchmark.RnaBenchmarkConfig(
             preset=args.preset,
             accelerator=args.accelerator,
+            precision=args.precision,
             seeds=tuple(args.seeds),
             cv=args.cv,
             max_epochs=args.max_epochs,
             classifier_preset=args.classifier_preset or args.preset,
             n_steps=args.n_steps,
+            sampler=args.sampler,
             simulated=simulated,
             data=description,
             image_rep=image_rep,
@@ -278,17 +288,44 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_shared_benchmark_options(
-    parser: argparse.ArgumentParser, *, data_help: str, preset: str, preset_help: str, max_epochs_help: str
+    parser: argparse.ArgumentParser,
+    *,
+    data_help: str,
+    preset: str,
+    preset_help: str,
+    max_epochs_help: str,
+    family: str,
 ) -> argparse._ArgumentGroup:
-    """Options both tasks take, each task with its own defaults and help; returns the data group."""
+    """Options both tasks take, each task with its own defaults and help; returns the data group.
+
+    ``family`` (``'phenoseq'`` or ``'trident'``) picks the default sampler and steps.
+    """
+    from .module._diffusion import DEFAULT_N_STEPS, DEFAULT_SAMPLER, SAMPLERS
+
     source = parser.add_argument_group("data (default: the embedded simulator)")
     source.add_argument("--data", type=Path, default=None, help=data_help)
     source.add_argument("--seed", type=int, default=0, help="simulator seed")
     parser.add_argument("--out", required=True, type=Path, help="report directory (created)")
     parser.add_argument("--preset", choices=("tiny", "fast", "paper"), default=preset, help=preset_help)
     parser.add_argument("--max-epochs", type=int, default=None, help=max_epochs_help)
-    parser.add_argument("--n-steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=DEFAULT_SAMPLER[family],
+        help=f"diffusion sampler (default: {DEFAULT_SAMPLER[family]}; the paper's protocol: ddim with --n-steps 50)",
+    )
+    parser.add_argument(
+        "--n-steps",
+        type=int,
+        default=DEFAULT_N_STEPS[family],
+        help=f"denoising steps of --sampler (default: {DEFAULT_N_STEPS[family]})",
+    )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (bf16-mixed where the device has fast bf16, else 32-true), 32-true, bf16-mixed or 16-mixed",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return source
 
@@ -309,6 +346,7 @@ def _add_rna_parser(tasks: argparse._SubParsersAction) -> None:
         preset="fast",
         preset_help="PhenoSeq size (default: fast)",
         max_epochs_help="PhenoSeq epochs (default: 20 for tiny and fast, the preset's for paper)",
+        family="phenoseq",
     )
     source.add_argument("--scgenescope", type=Path, default=None, help="root of the scGeneScope release")
     _add_classifier_preset(
@@ -355,6 +393,7 @@ def _add_morphology_parser(tasks: argparse._SubParsersAction) -> None:
         preset="tiny",
         preset_help="TRIDENT size (default: tiny, sized for a CPU run of minutes)",
         max_epochs_help="TRIDENT epochs (default: 120 for tiny, 60 for fast, the preset's for paper)",
+        family="trident",
     )
     _add_classifier_preset(
         morph,

@@ -172,18 +172,24 @@ def optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     return checked
 
 
-def check_args(values: Mapping[str, Any], checks: Mapping[str, Callable[[Any, str], Any]]) -> dict[str, Any]:
+def check_args(values: Mapping[str, Any], checks: Mapping[Any, Callable[..., Any]]) -> dict[str, Any]:
     """Run ``checks[name](value, name)`` for every ``name -> value`` of ``values`` that has a check.
 
     A model keeps one table of checks per method and runs it first thing; the tools that forward keyword
     arguments to that method (``train_kwargs``, ``**generate_kwargs``) run the same table on them before
-    they start any work. Names without a check are left to the method.
+    they start any work. Names without a check are left to the method. A key that is a tuple of names
+    checks those arguments together (e.g. ``n_steps`` against ``sampler``): after the single checks, its
+    check gets the checked values of the names given (a dict; a missing one is the method's default).
 
     Returns
     -------
     The checked values (``int`` / ``float``), by name.
     """
-    return {name: checks[name](value, name) for name, value in values.items() if name in checks}
+    out = {name: checks[name](value, name) for name, value in values.items() if name in checks}
+    for names, check in checks.items():
+        if isinstance(names, tuple) and any(n in values for n in names):
+            check({n: out.get(n, values[n]) for n in names if n in values})
+    return out
 
 
 def max_diffusion_steps() -> int:
@@ -201,6 +207,47 @@ def check_n_steps(value: Any, arg: str = "n_steps") -> int:
     """
     t = max_diffusion_steps()
     return check_int(value, arg, minimum=1, maximum=t, why=f" (the noise schedule has {t} timesteps)")
+
+
+def check_sampler(value: Any, arg: str = "sampler") -> str:
+    """Return the name of a diffusion sampler, raising unless it is one of ``'ddim'``, ``'dpmsolver++'``, ``'unipc'``."""
+    from .module._diffusion import SAMPLERS  # no torch / diffusers import
+
+    if not isinstance(value, str) or value not in SAMPLERS:
+        msg = (
+            f"{arg}={value!r}: expected one of {list(SAMPLERS)} ('ddim': the papers' sampler; the others are "
+            "deterministic multistep solvers for fewer steps)."
+        )
+        raise MorphomuError(msg)
+    return value
+
+
+def sampler_steps_check(family: str) -> Callable[[Mapping[str, Any]], None]:
+    """The check of ``n_steps`` against ``sampler`` (and ``eta``) for a model of ``family``, for :func:`check_args`.
+
+    Its key in a table of checks is ``('sampler', 'n_steps', 'eta')``; a value not given is the
+    family's default (:data:`morphomu.module._diffusion.DEFAULT_SAMPLER` / ``DEFAULT_N_STEPS``). The
+    multistep solvers take at most :func:`~morphomu.module._diffusion.max_sampler_steps` steps (their
+    timesteps run from t = 980 down) and no ``eta`` (they are deterministic).
+    """
+    from .module._diffusion import DEFAULT_N_STEPS, DEFAULT_SAMPLER, max_sampler_steps
+
+    def check(values: Mapping[str, Any]) -> None:
+        sampler = values.get("sampler", DEFAULT_SAMPLER[family])
+        n_steps = values.get("n_steps", DEFAULT_N_STEPS[family])
+        most = max_sampler_steps(sampler)
+        if n_steps > most:
+            msg = (
+                f"n_steps={n_steps}: sampler={sampler!r} takes at most {most} steps (its timesteps run from "
+                f"t = {most} down to 0); use fewer steps or sampler='ddim'."
+            )
+            raise MorphomuError(msg)
+        eta = values.get("eta", 0.0)
+        if sampler != "ddim" and eta != 0:
+            msg = f"eta={eta}: sampler={sampler!r} is deterministic and takes no eta; use eta=0 or sampler='ddim'."
+            raise MorphomuError(msg)
+
+    return check
 
 
 def available_memory() -> int:

@@ -18,6 +18,14 @@ from ._chemistry import (
     parent_mol,
     parent_smiles,
 )
+from ._precision import (
+    PRECISION_ENV,
+    PRECISIONS,
+    autocast,
+    check_precision,
+    cpu_has_fast_bf16,
+    resolve_precision,
+)
 from ._quiet import quiet_lightning
 from ._random import (
     SPLIT_STREAM_BASE,
@@ -67,6 +75,12 @@ __all__ = [
     "parent_mol",
     "parent_smiles",
     "quiet_lightning",
+    "PRECISION_ENV",
+    "PRECISIONS",
+    "autocast",
+    "check_precision",
+    "cpu_has_fast_bf16",
+    "resolve_precision",
     "renamed_arguments",
     "translate_renamed",
     "read_rows",

@@ -19,8 +19,11 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
-from .._core import renamed_arguments
+from .._core import renamed_arguments, resolve_precision
 from .._errors import ContractError
+from .._validation import check_args
+from ..models._trident_checks import GENERATE_CHECKS
+from ..module._diffusion import DEFAULT_N_STEPS, DEFAULT_SAMPLER
 from ._report import render_morphology_report, write_results
 from ._stages import Stage, run_stages
 
@@ -47,14 +50,17 @@ class MorphologyBenchmarkConfig:
     """Everything the morphology task depends on (written to ``results.json``).
 
     ``preset`` sizes TRIDENT and ``classifier_preset`` the classifier behind the IS score (formerly
-    ``classifier_hparams``).
+    ``classifier_hparams``). ``sampler`` and ``n_steps`` are generation's (default: :meth:`Trident.generate
+    <morphomu.models.Trident.generate>`'s); the paper's protocol is ``sampler='ddim', n_steps=50``.
     """
 
     preset: str = "tiny"
     accelerator: str = "auto"
+    precision: str = "auto"
     max_epochs: int | None = None
     vae_epochs: int | None = None
-    n_steps: int = 50
+    n_steps: int = DEFAULT_N_STEPS["trident"]
+    sampler: str = DEFAULT_SAMPLER["trident"]
     guidance_scale: float = 1.0
     seed: int = 0
     n_ood: int | None = None
@@ -63,6 +69,11 @@ class MorphologyBenchmarkConfig:
     data: str = "simulate_scgenescope(with_images=True)"
     images_key: str = C.IMAGES_KEY
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # "auto" resolved now, so that results.json says which precision ran
+        self.precision = resolve_precision(self.precision, self.accelerator)
+        check_args({"sampler": self.sampler, "n_steps": self.n_steps}, GENERATE_CHECKS)  # before any work
 
 
 MorphologyBenchmarkConfig.__init__ = renamed_arguments(classifier_hparams="classifier_preset")(  # type: ignore[method-assign]
@@ -137,8 +148,10 @@ def _generate(model: Any, real: AnnData, config: MorphologyBenchmarkConfig) -> A
                 compounds=[compound],
                 n_images=int(n_images),
                 n_steps=config.n_steps,
+                sampler=config.sampler,
                 guidance_scale=config.guidance_scale,
                 seed=config.seed,
+                precision=config.precision,
             )
         )
     out = ad.concat(parts, index_unique=None)
@@ -255,6 +268,7 @@ def _run_stages(
                 max_epochs=max_epochs,
                 vae_epochs=vae_epochs,
                 accelerator=config.accelerator,
+                precision=config.precision,
                 seed=config.seed,
             )
         image_vae = model.image_vae  # one latent space for both variants: the comparison is of the generators

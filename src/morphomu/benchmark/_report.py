@@ -208,7 +208,7 @@ def render_morphology_report(results: dict, *, metrics: pd.DataFrame) -> str:
             "",
         ]
     lines += [
-        f"Data: `{config['data']}`; TRIDENT preset `{config['preset']}`; {config['n_steps']} DDIM steps; "
+        f"Data: `{config['data']}`; TRIDENT preset `{config['preset']}`; {config['n_steps']} {config.get('sampler', 'ddim')} steps; "
         f"guidance {config['guidance_scale']:g}; features: morphology readouts (cell count, compartment areas, "
         "per-channel intensities, z-scored with the real set's statistics), every channel kept.",
         "",

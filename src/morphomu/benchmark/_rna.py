@@ -18,8 +18,11 @@ import pandas as pd
 
 from .. import _constants as C
 from .. import _paper as paper
-from .._core import Standardizer, renamed_arguments
+from .._core import Standardizer, renamed_arguments, resolve_precision
 from .._mudata import update
+from .._validation import check_args
+from ..models._phenoseq_checks import GENERATE_CHECKS
+from ..module._diffusion import DEFAULT_N_STEPS, DEFAULT_SAMPLER
 from ._report import gap_recovered, mean_std, render_rna_report, write_results
 from ._stages import Stage, run_stages
 
@@ -49,15 +52,19 @@ class RnaBenchmarkConfig:
     """Everything the RNA task depends on (written to ``results.json``).
 
     ``preset`` sizes PhenoSeq and ``classifier_preset`` the classifiers (formerly ``classifier_hparams``).
+    ``sampler`` and ``n_steps`` are generation's (default: :meth:`PhenoSeq.generate
+    <morphomu.models.PhenoSeq.generate>`'s); the paper's protocol is ``sampler='ddim', n_steps=50``.
     """
 
     preset: str = "fast"
     accelerator: str = "auto"
+    precision: str = "auto"
     seeds: tuple[int, ...] = PAPER_SEEDS
     cv: bool = False
     max_epochs: int | None = None
     classifier_preset: str = "fast"
-    n_steps: int = 50
+    n_steps: int = DEFAULT_N_STEPS["phenoseq"]
+    sampler: str = DEFAULT_SAMPLER["phenoseq"]
     simulated: bool = True
     data: str = "simulate_scgenescope(seed=0)"
     image_rep: str | None = C.IMAGE_REP
@@ -65,6 +72,11 @@ class RnaBenchmarkConfig:
     ablations: bool = True
     umap: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # "auto" resolved now, so that results.json says which precision ran
+        self.precision = resolve_precision(self.precision, self.accelerator)
+        check_args({"sampler": self.sampler, "n_steps": self.n_steps}, GENERATE_CHECKS)  # before any work
 
 
 RnaBenchmarkConfig.__init__ = renamed_arguments(classifier_hparams="classifier_preset")(  # type: ignore[method-assign]
@@ -144,7 +156,7 @@ def _train_phenoseq(mdata: MuData, config: RnaBenchmarkConfig, *, seed: int):
     torch.manual_seed(seed)  # the weights start from torch's global generator: seeded, a run repeats
     model = PhenoSeq(mdata, preset=config.preset, p_uncond=P_UNCOND)
     max_epochs = MAX_EPOCHS[config.preset] if config.max_epochs is None else config.max_epochs
-    model.train(max_epochs=max_epochs, accelerator=config.accelerator, seed=seed)
+    model.train(max_epochs=max_epochs, accelerator=config.accelerator, precision=config.precision, seed=seed)
     return model
 
 
@@ -173,6 +185,7 @@ def _classify_rows(
                 splits=C.HELD_OUT_SPLITS,  # the report's two columns, whatever else the split column holds
                 preset=config.classifier_preset,
                 accelerator=config.accelerator,
+                precision=config.precision,
                 progress=False,
                 inplace=False,
             )
@@ -239,7 +252,14 @@ def _run_stages(mdata: MuData, *, out: Path, config: RnaBenchmarkConfig, stage: 
             model = _train_phenoseq(mdata, config, seed=fold - 1)
         histories[fold] = model.history
         with stage(f"generate synthetic RNA{tag}"):
-            tl.generate_rna(mdata, model=model, n_steps=config.n_steps, seed=0)
+            tl.generate_rna(
+                mdata,
+                model=model,
+                n_steps=config.n_steps,
+                sampler=config.sampler,
+                seed=0,
+                precision=config.precision,
+            )
         with stage(f"fidelity{tag}"):
             tl.fidelity(mdata, rep=config.rna_rep)
             entry = mdata.uns[C.UNS_KEY]["fidelity"]
@@ -266,7 +286,12 @@ def _run_stages(mdata: MuData, *, out: Path, config: RnaBenchmarkConfig, stage: 
             with stage("ablations"):
                 for name, kwargs in variants.items():
                     if kwargs.get("method") != "ridge":
-                        kwargs = {**kwargs, "n_steps": config.n_steps}
+                        kwargs = {
+                            **kwargs,
+                            "n_steps": config.n_steps,
+                            "sampler": config.sampler,
+                            "precision": config.precision,
+                        }
                     with warnings.catch_warnings():  # its features are those of rna_synthetic, by design
                         warnings.filterwarnings("ignore", message="var_names are not unique")
                         tl.generate_rna(mdata, key_added=ABLATION_MOD, seed=0, **kwargs)

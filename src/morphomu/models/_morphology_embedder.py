@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
-from .._core import featurize_smiles, read_rows, rep_matrix
+from .._core import check_precision, featurize_smiles, read_rows, rep_matrix
 from .._errors import ContractError, MorphomuError
 from .._validation import (
     check_args,
@@ -20,6 +20,7 @@ from .._validation import (
     check_unique_obs_names,
     get_mod,
 )
+from ..module._diffusion import DEFAULT_N_STEPS, DEFAULT_SAMPLER
 from ..pp._split import SPLIT_REMEDY
 from ._base import feature_field, n_registered_columns
 from ._phenoseq import PhenoSeq
@@ -440,14 +441,16 @@ class MorphologyEmbedder(PhenoSeq):
         samples: Sequence[str] | None = None,
         compounds: Sequence[str] | None = None,
         n_cells_per_sample: int = 16,
-        n_steps: int = 50,
+        n_steps: int = DEFAULT_N_STEPS["phenoseq"],
+        sampler: Literal["ddim", "dpmsolver++", "unipc"] = DEFAULT_SAMPLER["phenoseq"],
         eta: float = 0.0,
         context: Literal["mean", "set"] = "mean",
         guidance_scale: float = 1.0,
         seed: int = 0,
         batch_size: int = 1024,
+        precision: str = "auto",
     ) -> AnnData:
-        """Generate imaging embeddings per sample from its RNA cells and its compound (DDIM).
+        """Generate imaging embeddings per sample from its RNA cells and its compound (reverse diffusion).
 
         Parameters
         ----------
@@ -462,9 +465,13 @@ class MorphologyEmbedder(PhenoSeq):
         n_cells_per_sample
             Embeddings per sample.
         n_steps
-            DDIM steps.
+            Denoising steps (network evaluations; twice that with guidance).
+        sampler
+            ``'ddim'``, ``'dpmsolver++'`` or ``'unipc'``, with PhenoSeq's defaults (see
+            :meth:`PhenoSeq.generate <morphomu.models.PhenoSeq.generate>`); ``sampler='ddim', n_steps=50``
+            is the papers' protocol.
         eta
-            DDIM stochasticity; 0 is deterministic DDIM.
+            DDIM stochasticity; 0 is deterministic DDIM. Only for ``sampler='ddim'``.
         context
             ``'mean'``: one context token, the mean of all the sample's RNA cells; ``'set'``: each
             generated cell is conditioned on its own random set of ``n_context_cells`` RNA cells of the
@@ -475,6 +482,9 @@ class MorphologyEmbedder(PhenoSeq):
             Each embedding's noise (and context set) is derived from ``(seed, sample, cell index)``.
         batch_size
             Cells denoised together.
+        precision
+            ``'auto'`` (default): bf16 autocast where the device computes in bf16 fast (as in :meth:`train`),
+            else float32; or ``'32-true'``, ``'bf16-mixed'``, ``'16-mixed'``. The output is float32.
 
         Returns
         -------
@@ -487,9 +497,16 @@ class MorphologyEmbedder(PhenoSeq):
 
         n_cells_per_sample = check_positive_int(n_cells_per_sample, "n_cells_per_sample")
         check_args(
-            {"n_steps": n_steps, "eta": eta, "guidance_scale": guidance_scale, "batch_size": batch_size},
+            {
+                "n_steps": n_steps,
+                "sampler": sampler,
+                "eta": eta,
+                "guidance_scale": guidance_scale,
+                "batch_size": batch_size,
+            },
             GENERATE_CHECKS,
         )
+        check_precision(precision)
         if not self.is_trained_:
             msg = "the model is not trained; call model.train() first (or load a trained MorphologyEmbedder)."
             raise MorphomuError(msg)
@@ -503,11 +520,13 @@ class MorphologyEmbedder(PhenoSeq):
             samples=names,
             n_cells_per_sample=n_cells_per_sample,
             n_steps=n_steps,
+            sampler=sampler,
             eta=eta,
             context=context,
             guidance_scale=guidance_scale,
             seed=seed,
             batch_size=batch_size,
+            precision=precision,
         )
         values = np.asarray(generated.obsm[_TARGET_REP], dtype=np.float32)
         rep = keys["image_rep"]
@@ -525,4 +544,6 @@ class MorphologyEmbedder(PhenoSeq):
         adata = AnnData(X=values, obs=obs, var=pd.DataFrame(index=var_names))
         if rep is not None:
             adata.obsm[rep] = values.copy()
+        record = generated.uns[C.UNS_KEY]["generate"]  # n_steps, sampler, seed, ... as PhenoSeq's
+        adata.uns[C.UNS_KEY] = {"generate": {**record, "model": "MorphologyEmbedder"}}
         return adata

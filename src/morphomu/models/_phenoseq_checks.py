@@ -20,9 +20,11 @@ from .._validation import (
     check_positive,
     check_positive_int,
     check_rep,
+    check_sampler,
     check_unique_obs_names,
     get_mod,
     optional,
+    sampler_steps_check,
 )
 from ..pp._split import SPLIT_REMEDY
 
@@ -72,13 +74,16 @@ TRAIN_CHECKS: dict[str, Any] = {
 }
 
 
-#: Checks of :meth:`PhenoSeq.generate`'s numeric arguments, run before any work (also by the tools).
-GENERATE_CHECKS: dict[str, Any] = {
+#: Checks of :meth:`PhenoSeq.generate`'s arguments, run before any work (also by the tools); the last
+#: checks ``n_steps`` and ``eta`` against ``sampler`` (see ``check_args``).
+GENERATE_CHECKS: dict[Any, Any] = {
     "n_steps": check_n_steps,
+    "sampler": check_sampler,
     "eta": check_nonnegative,
     "guidance_scale": check_number,
     "batch_size": check_positive_int,
     "n_cells_per_sample": check_n_cells,
+    ("sampler", "n_steps", "eta"): sampler_steps_check("phenoseq"),
 }
 
 

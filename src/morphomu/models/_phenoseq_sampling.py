@@ -49,6 +49,7 @@ def sample_cells(
     n_context_cells: int,
     context: str,
     n_steps: int,
+    sampler: str,
     eta: float,
     guidance_scale: float,
     seed: int,
@@ -56,8 +57,10 @@ def sample_cells(
 ) -> np.ndarray:
     """Denoise ``counts[i]`` cells for each sample ``names[i]`` from its imaging cells (standardised units).
 
-    Each cell's noise, context set and DDIM step noise are keyed by ``(seed, sample, cell index)``, so a
-    cell does not depend on ``batch_size`` or on which other samples are generated.
+    Each cell's noise, context set and DDIM step noise are keyed by ``(seed, sample, cell index)``, and
+    each batch is denoised by a fresh scheduler of ``sampler`` (the multistep solvers carry their past
+    predictions between steps, row by row), so a cell does not depend on ``batch_size`` or on which other
+    samples are generated.
     """
     n_rna = module.n_rna_features
     device = next(module.parameters()).device
@@ -105,6 +108,7 @@ def sample_cells(
             noise,
             cache,
             n_steps=int(n_steps),
+            sampler=sampler,
             eta=float(eta),
             guidance_scale=float(guidance_scale),
             variance_noise=variance_noise,

@@ -13,6 +13,7 @@ from .._core import (
     Standardizer,
     Stream,
     cell_keys,
+    check_precision,
     group_means,
     keyed_uniform,
     read_rows,
@@ -98,7 +99,7 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
 
     _module_cls = RidgeModule
     _train_checks = TRAIN_CHECKS
-    _generate_checks = GENERATE_CHECKS
+    _generate_checks = {**GENERATE_CHECKS, "precision": check_precision}
 
     def __init__(self, mdata: MuData) -> None:
         super().__init__(mdata)
@@ -213,6 +214,7 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
         samples: Sequence[str] | None = None,
         n_cells_per_sample: int | Literal["match"] = "match",
         seed: int = 0,
+        precision: str = "auto",
     ) -> AnnData:
         """Generate RNA embeddings per sample: its predicted mean plus resampled train residuals.
 
@@ -228,6 +230,9 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
         seed
             Each cell's residual is chosen from ``(seed, sample, cell index)``, so the output does not
             depend on which other samples are generated.
+        precision
+            Checked and otherwise ignored (the same argument as :meth:`PhenoSeq.generate
+            <morphomu.models.PhenoSeq.generate>`): the closed-form ridge predicts with numpy, the same either way.
 
         Returns
         -------
@@ -238,6 +243,7 @@ class RidgeBaseline(PairedSetupMixin, MorphomuModel):
         n_cells = check_args({"n_cells_per_sample": n_cells_per_sample}, GENERATE_CHECKS)[
             "n_cells_per_sample"
         ]
+        check_precision(precision)
         if not self.is_trained_ or not self.module.is_fitted:
             msg = "the model is not trained; call model.train() first (or RidgeBaseline.load a trained one)."
             raise MorphomuError(msg)

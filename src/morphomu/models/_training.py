@@ -10,7 +10,8 @@ steps for every model:
 3. :meth:`~TrainingMixin._make_datamodule` (built from ``_data_splitter_cls``) and
    :meth:`~TrainingMixin._make_plan` (built from ``_training_plan_cls``);
 4. the trainer's arguments: :meth:`~TrainingMixin._trainer_defaults`, then the caller's ``**trainer_kwargs``,
-   ``strategy`` and ``precision``;
+   ``strategy`` and ``precision`` (``'auto'`` resolved by :func:`morphomu._core.resolve_precision` before any
+   work, and kept in ``train_precision_``); ``compile`` reaches the plan's ``compile_forward``;
 5. scvi-tools' ``_train_runner_cls`` inside :meth:`~TrainingMixin._training_context`;
 6. :meth:`~TrainingMixin._teardown` (always) and :meth:`~TrainingMixin._after_training` (on success).
 
@@ -27,8 +28,9 @@ from typing import Any
 
 from scvi.train import TrainRunner
 
-from .._core import quiet_lightning
+from .._core import quiet_lightning, resolve_precision
 from .._docs import doc_params
+from .._errors import MorphomuError
 
 __all__ = ["SHARED_TRAIN_ARGS", "TRAIN_CORE_DOC", "EMATrainingMixin", "TrainingMixin", "train_docstring"]
 
@@ -41,7 +43,13 @@ devices
 strategy
     Lightning strategy, e.g. ``'ddp'``: each process draws its own share of every epoch.
 precision
-    Lightning precision, e.g. ``'bf16-mixed'``.
+    ``'auto'`` (default): ``'bf16-mixed'`` where the device computes in bf16 fast (a CUDA GPU with native
+    bf16, or a CPU with the ``avx512_bf16`` / ``amx_bf16`` flag), else ``'32-true'``; or either of them, or
+    ``'16-mixed'``. Weights stay float32. The environment variable ``MORPHOMU_PRECISION`` sets what
+    ``'auto'`` means. The precision used is kept in ``train_precision_`` (saved with the model).
+compile
+    Compile the module's forward of the training step with :func:`torch.compile` (compile time is spent
+    at the first steps; where compilation fails, a warning says so and training runs uncompiled).
 num_workers
     Data-loader workers (the draws do not depend on it).
 checkpoint_dir
@@ -66,11 +74,23 @@ SHARED_TRAIN_ARGS = (
     "devices",
     "strategy",
     "precision",
+    "compile",
     "checkpoint_dir",
     "checkpoint_every_n_steps",
     "ckpt_path",
     "verbose",
 )
+
+
+def check_compile(value: Any) -> bool:
+    """``train``'s ``compile``: a bool (``None``, from an older subclass's signature, is ``False``)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        msg = f"compile={value!r}: expected True or False."
+        raise MorphomuError(msg)
+    return value
+
 
 #: Inserts :data:`TRAIN_CORE_DOC` where a ``train`` docstring says ``{train_core}``.
 train_docstring = doc_params(train_core=TRAIN_CORE_DOC)
@@ -91,7 +111,12 @@ class TrainingMixin:
 
         given = dict(train_args)
         trainer_kwargs = dict(given.pop("trainer_kwargs", None) or {})
-        shared = {name: given.pop(name) for name in SHARED_TRAIN_ARGS}
+        shared = {name: given.pop(name, None) for name in SHARED_TRAIN_ARGS}
+        # before any work: None (a train signature of an older subclass) means "auto"
+        shared["precision"] = resolve_precision(
+            "auto" if shared["precision"] is None else shared["precision"], shared["accelerator"]
+        )
+        shared["compile"] = check_compile(shared["compile"])
         args = self._train_args({k: v for k, v in given.items() if k not in ("self", "__class__")})
         checkpoints = Checkpointing.from_args(
             shared["checkpoint_dir"],
@@ -103,6 +128,7 @@ class TrainingMixin:
         datamodule = self._make_datamodule(args)
         try:
             plan = self._make_plan(args)
+            plan.compile_forward = shared["compile"]
             kwargs = {**self._trainer_defaults(args, datamodule), **trainer_kwargs}
             for name in ("strategy", "precision"):  # given ones override the model's defaults
                 if shared[name] is not None:
@@ -122,6 +148,7 @@ class TrainingMixin:
         finally:
             self._teardown(datamodule)
         self._after_training(plan, args)
+        self.train_precision_ = shared["precision"]
 
     # ------------------------------------------------------------------ hooks
     def _train_args(self, args: dict[str, Any]) -> dict[str, Any]:

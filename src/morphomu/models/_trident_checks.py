@@ -24,9 +24,11 @@ from .._validation import (
     check_positive,
     check_positive_int,
     check_rep,
+    check_sampler,
     check_unique_obs_names,
     get_mod,
     optional,
+    sampler_steps_check,
 )
 from ..module._trident import TRIDENT_PRESETS
 
@@ -91,12 +93,14 @@ TRAIN_CHECKS: dict[str, Any] = {
     "ema_decay": check_fraction,
     "num_workers": check_nonnegative_int,
 }
-#: Checks of :meth:`Trident.generate`'s numeric arguments, run before any work (also by the tools).
-GENERATE_CHECKS: dict[str, Any] = {
+#: Checks of :meth:`Trident.generate`'s arguments, run before any work (also by the tools).
+GENERATE_CHECKS: dict[Any, Any] = {
     "n_images": check_positive_int,
     "n_steps": check_n_steps,
+    "sampler": check_sampler,
     "guidance_scale": check_number,
     "batch_size": check_positive_int,
+    ("sampler", "n_steps"): sampler_steps_check("trident"),  # n_steps against sampler (see check_args)
 }
 
 

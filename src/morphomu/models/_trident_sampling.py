@@ -1,4 +1,4 @@
-"""Trident's generation: keyed draws of noise and conditions, DDIM in the image VAE's latent space, the tiles' AnnData."""
+"""Trident's generation: keyed draws of noise and conditions, denoising in the image VAE's latent space, the tiles' AnnData."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def sample_latents(
     *,
     n_images: int,
     n_steps: int,
+    sampler: str,
     guidance_scale: float,
     seed: int,
     batch_size: int,
@@ -35,7 +36,8 @@ def sample_latents(
 
     ``drug`` holds the compounds' features (one row per name) and ``g_pre`` one standardised expression
     profile (``None`` without RNA). A tile's noise and condition sample depend only on ``(seed, compound
-    name, tile index)``. Returns ``(latents, compound row, tile index)`` per tile.
+    name, tile index)``, and each batch gets a fresh scheduler of ``sampler``, so a tile does not depend on
+    ``batch_size``. Returns ``(latents, compound row, tile index)`` per tile.
     """
     module = module.eval()
     device = next(module.parameters()).device
@@ -64,7 +66,9 @@ def sample_latents(
             eps = torch.from_numpy(keyed_normal(z_keys[sl], mu.shape[1])).to(device)
             cond = cond + torch.exp(0.5 * logvar[rows]) * eps
         noise = torch.from_numpy(keyed_normal(noise_keys[sl], n_lat)).view(-1, *shape).to(device)
-        x = module.sample(noise, cond, n_steps=int(n_steps), guidance_scale=float(guidance_scale))
+        x = module.sample(
+            noise, cond, n_steps=int(n_steps), sampler=sampler, guidance_scale=float(guidance_scale)
+        )
         out[sl] = x.float().cpu().numpy()
     latents = (
         out * module.latent_std.cpu().numpy()[:, None, None] + module.latent_mean.cpu().numpy()[:, None, None]

@@ -34,7 +34,7 @@ from ..nn._adaln import AdaLayerNorm
 from ..nn._attention import Attention, PreNormEncoderLayer
 from ..nn._feedforward import GEGLUFeedForward
 from ..nn._time import TimeEmbedding
-from ._diffusion import make_scheduler, training_alphas_cumprod
+from ._diffusion import sampler_scheduler, scheduler_step, training_alphas_cumprod
 
 __all__ = ["PHENOSEQ_PRESETS", "ContextEncoder", "CrossCache", "DenoiserBlock", "PhenoSeqModule"]
 
@@ -328,8 +328,9 @@ class PhenoSeqModule(BaseModuleClass):
         guidance_scale: float = 1.0,
         variance_noise: Callable[[int], torch.Tensor] | None = None,
         scheduler: Any = None,
+        sampler: str = "ddim",
     ) -> torch.Tensor:
-        """DDIM from ``noise`` ``(b, n_rna)`` to standardised RNA embeddings.
+        """Denoise ``noise`` ``(b, n_rna)`` to standardised RNA embeddings (DDIM or a multistep solver).
 
         Parameters
         ----------
@@ -338,17 +339,20 @@ class PhenoSeqModule(BaseModuleClass):
         cache
             Cross-attention state of each row (:meth:`cross_cache`, rows aligned with ``noise``).
         n_steps
-            DDIM steps.
+            Denoising steps (network evaluations, twice that with guidance).
         eta
-            DDIM stochasticity (0: deterministic).
+            DDIM stochasticity (0: deterministic); must be 0 for the multistep solvers.
         guidance_scale
             Classifier-free guidance scale; 1 is the plain conditional prediction.
         variance_noise
             ``step_index -> (b, n_rna)`` noise for ``eta > 0``.
         scheduler
-            A scheduler with the pinned configuration (default: a fresh DDIM one).
+            A scheduler with the pinned configuration (default: a fresh one of ``sampler``).
+        sampler
+            ``'ddim'``, ``'dpmsolver++'`` or ``'unipc'`` (see ``make_scheduler``);
+            the multistep solvers need no step noise, so their output depends on ``noise`` alone.
         """
-        scheduler = scheduler or make_scheduler("ddim", prediction_type=self.prediction_type)
+        scheduler = scheduler or sampler_scheduler(sampler, prediction_type=self.prediction_type, eta=eta)
         scheduler.set_timesteps(n_steps, device=noise.device)
         guided = guidance_scale != 1.0
         uncond = self.null_cache() if guided else None
@@ -359,5 +363,5 @@ class PhenoSeqModule(BaseModuleClass):
                 eps_u = self.denoise_cached(x, t, uncond)
                 eps = eps_u + guidance_scale * (eps - eps_u)
             vn = variance_noise(i) if eta > 0 and variance_noise is not None else None
-            x = scheduler.step(eps, t, x, eta=eta, variance_noise=vn).prev_sample
+            x = scheduler_step(scheduler, eps, t, x, eta=eta, variance_noise=vn)
         return x

@@ -41,7 +41,7 @@ from ..nn._dit import (
     unpatchify,
 )
 from ..nn._time import TimeEmbedding
-from ._diffusion import make_scheduler, training_alphas_cumprod
+from ._diffusion import sampler_scheduler, scheduler_step, training_alphas_cumprod
 
 __all__ = ["IMAGE_VAE", "TRIDENT_PRESETS", "ConditionVAE", "TridentDiT", "TridentModule"]
 
@@ -451,12 +451,15 @@ class TridentModule(BaseModuleClass):
         eta: float = 0.0,
         guidance_scale: float = 1.0,
         variance_noise: Callable[[int], torch.Tensor] | None = None,
+        sampler: str = "ddim",
     ) -> torch.Tensor:
-        """DDIM from ``noise`` ``(b, C, H, W)`` to standardised latents under conditions ``cond`` ``(b, n_cond)``.
+        """Denoise ``noise`` ``(b, C, H, W)`` to standardised latents under conditions ``cond`` ``(b, n_cond)``.
 
-        With ``guidance_scale != 1``: ``eps = eps_null + s (eps_cond - eps_null)`` (classifier-free guidance).
+        ``sampler`` is ``'ddim'`` (``eta``: its stochasticity) or a deterministic multistep solver,
+        ``'dpmsolver++'`` or ``'unipc'`` (``eta`` must be 0), with a fresh scheduler per call. With
+        ``guidance_scale != 1``: ``eps = eps_null + s (eps_cond - eps_null)`` (classifier-free guidance).
         """
-        scheduler = make_scheduler("ddim", prediction_type=self.prediction_type)
+        scheduler = sampler_scheduler(sampler, prediction_type=self.prediction_type, eta=eta)
         scheduler.set_timesteps(n_steps, device=noise.device)
         guided = guidance_scale != 1.0
         if guided:
@@ -474,5 +477,5 @@ class TridentModule(BaseModuleClass):
                 eps_c, eps_u = eps.chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
             vn = variance_noise(i) if eta > 0 and variance_noise is not None else None
-            x = scheduler.step(eps, t, x, eta=eta, variance_noise=vn).prev_sample
+            x = scheduler_step(scheduler, eps, t, x, eta=eta, variance_noise=vn)
         return x

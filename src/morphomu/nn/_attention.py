@@ -13,7 +13,24 @@ from torch.nn import functional as F
 
 from ._feedforward import GEGLUFeedForward
 
-__all__ = ["Attention", "PreNormEncoderLayer"]
+__all__ = ["Attention", "PreNormEncoderLayer", "attention"]
+
+#: Largest key count for which training on the CPU uses the matrix-product form (scores are materialised).
+CPU_MATMUL_MAX_KEYS = 256
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention ``softmax(q k^T / sqrt(head_dim)) v`` of ``(..., n, head_dim)`` tensors.
+
+    :func:`torch.nn.functional.scaled_dot_product_attention`, except when training on the CPU over sets of
+    several queries and at most :data:`CPU_MATMUL_MAX_KEYS` keys: there torch's fused CPU kernel is slow to
+    differentiate (16-cell sets, heads of 256: 2.7x the time of two matrix products in bf16, 1.4x in
+    float32), so the scores are formed explicitly, the softmax taken in float32 as the fused kernel does.
+    """
+    if q.device.type == "cpu" and q.requires_grad and q.shape[-2] > 1 and k.shape[-2] <= CPU_MATMUL_MAX_KEYS:
+        scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+        return scores.softmax(-1).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class Attention(nn.Module):
@@ -64,7 +81,7 @@ class Attention(nn.Module):
         """Attention of queries ``x`` (``(b, n_q, dim)``) over precomputed keys and values."""
         b, n_q, d = x.shape
         q = self.to_q(x).view(b, n_q, self.n_heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.dropout(self.to_out(out.transpose(1, 2).reshape(b, n_q, d)))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as C
-from .._core import quiet_lightning, renamed_arguments
+from .._core import quiet_lightning, renamed_arguments, resolve_precision
 from .._errors import ContractError, MorphomuError
 from .._uns import CONTRACT_KEYS, known_keys, plain, records, resolve, store
 from .._validation import (
@@ -126,6 +126,7 @@ def classify(
     eval_seed: int = 2024,
     accelerator: str = "auto",
     devices: int | list[int] | str = "auto",
+    precision: str | int = "auto",
     progress: bool = True,
     in_memory: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -205,6 +206,10 @@ def classify(
         Seed of the fixed validation and test examples (2024 as scGeneScope).
     accelerator, devices
         Lightning accelerator and devices.
+    precision
+        ``'auto'`` (default): bf16 mixed precision where the device computes in bf16 fast, else float32
+        (see :meth:`~morphomu.models.TreatmentClassifier.train`); or ``'32-true'``, ``'bf16-mixed'``,
+        ``'16-mixed'``. Recorded, resolved, in the results' ``params``.
     progress
         Show a progress bar over the runs and Lightning's per-epoch bar.
     in_memory
@@ -271,6 +276,7 @@ def classify(
     specs = parse_inputs(inputs, data=mdata)
     hparams = resolve_hparams(preset, setting, input_kind(specs))
     k = check_positive_int(k, "k")
+    precision = resolve_precision(precision, accelerator)
     checkpoint_every_n_steps = check_positive_int(checkpoint_every_n_steps, "checkpoint_every_n_steps")
     if seeds is None:
         seeds = (CV_SEED,) if cv else PAPER_SEEDS
@@ -374,6 +380,7 @@ def classify(
                 eval_seed=eval_seed,
                 accelerator=accelerator,
                 devices=devices,
+                precision=precision,
                 progress=progress,
                 in_memory=in_memory,
                 cache_dir=cache_dir,
@@ -431,6 +438,7 @@ def classify(
                 "preset": preset if isinstance(preset, str) else dict(preset),
                 "hparams": hparams,
                 "eval_seed": int(eval_seed),
+                "precision": precision,
             },
         },
         tool="classify",

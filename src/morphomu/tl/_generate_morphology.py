@@ -13,6 +13,7 @@ from ._model_tools import (
     check_key_added,
     check_model_kwargs,
     plain_params,
+    precision_record,
     uns_restored_on_error,
     write_modality,
 )
@@ -130,9 +131,10 @@ def generate_morphology(
         RNA representation: ``'auto'`` means ``None`` for ``'image'`` (Trident's log-normalised highly
         variable genes of ``.X``) and ``'X_scgpt'`` for ``'embedding'``.
     **generate_kwargs
-        Passed to :meth:`Trident.generate` (``rna``, ``n_steps``, ``guidance_scale``, ``batch_size``) or
-        :meth:`MorphologyEmbedder.generate` (``n_steps``, ``eta``, ``context``, ``guidance_scale``,
-        ``batch_size``).
+        Passed to :meth:`Trident.generate` (``rna``, ``n_steps``, ``sampler``, ``guidance_scale``,
+        ``batch_size``) or :meth:`MorphologyEmbedder.generate` (``n_steps``, ``sampler``, ``eta``,
+        ``context``, ``guidance_scale``, ``batch_size``); ``sampler='ddim', n_steps=50`` is the papers'
+        protocol.
 
     Returns
     -------
@@ -216,6 +218,7 @@ def generate_morphology(
             "n_generated": int(adata.n_obs),
             "trained_here": trained_here is not None,
             **extra,
+            **precision_record(model if trained_here is None else trained_here, generate_kwargs),
         },
         tool="generate_morphology",
     )

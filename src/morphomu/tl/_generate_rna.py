@@ -13,6 +13,7 @@ from ._model_tools import (
     check_key_added,
     check_model_kwargs,
     plain_params,
+    precision_record,
     uns_restored_on_error,
     write_modality,
 )
@@ -77,8 +78,10 @@ def generate_rna(
     image_mod, rna_mod, image_rep, rna_rep, sample_key, treatment_key, replicate_key, round_key, split_key
         Keys of the data (ignored when ``model`` is given: the model's are used).
     **generate_kwargs
-        Passed to :meth:`PhenoSeq.generate` (``samples``, ``n_cells_per_sample``, ``n_steps``, ``context``,
-        ``guidance_scale``, ``seed``, ...); ``ridge`` takes ``samples``, ``n_cells_per_sample`` and ``seed``.
+        Passed to :meth:`PhenoSeq.generate` (``samples``, ``n_cells_per_sample``, ``n_steps``, ``sampler``,
+        ``context``, ``guidance_scale``, ``seed``, ...; its defaults apply, e.g. the measured default sampler
+        and steps, while ``sampler='ddim', n_steps=50`` is the paper's protocol); ``ridge`` takes
+        ``samples``, ``n_cells_per_sample`` and ``seed``.
 
     Returns
     -------
@@ -157,7 +160,11 @@ def generate_rna(
             "trained_here": trained_here is not None,
         }
     else:
-        extra = {"preset": model.preset, "trained_here": trained_here is not None}
+        extra = {
+            "preset": model.preset,
+            "trained_here": trained_here is not None,
+            **precision_record(model, generate_kwargs),
+        }
     write_modality(mdata, adata, key_added)  # last
     params = {
         "method": method,

@@ -18,6 +18,7 @@ __all__ = [
     "check_key_added",
     "check_model_kwargs",
     "plain_params",
+    "precision_record",
     "uns_restored_on_error",
     "write_modality",
 ]
@@ -86,3 +87,13 @@ def write_modality(mdata: MuData, adata: AnnData, key_added: str) -> None:
 def plain_params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments worth recording in ``uns``: plain values (strings, numbers, booleans, ``None``)."""
     return {k: v for k, v in kwargs.items() if isinstance(v, str | int | float | bool) or v is None}
+
+
+def precision_record(model: Any, generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The precisions of a generation's record: the model's training one and the generation's, resolved."""
+    from .._core import resolve_precision
+
+    return {
+        "train_precision": getattr(model, "train_precision_", None),  # None: trained before it was recorded
+        "precision": resolve_precision(generate_kwargs.get("precision", "auto"), model.device),
+    }

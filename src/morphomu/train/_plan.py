@@ -38,6 +38,11 @@ class LossTrainingPlan(TrainingPlan):
 
     #: The extra metrics logged (``None``: every scalar one).
     logged_metrics: tuple[str, ...] | None = None
+    #: Run the training step's forward through :func:`torch.compile` (``train(compile=True)``).
+    compile_forward: bool = False
+    #: The compiled forward, made at the first training step (a function, not a submodule: the state dict
+    #: keeps its keys).
+    _compiled_forward: Any = None
 
     def log_losses(self, stage: str, out: Any, *, prog_bar: bool = True) -> None:
         """Log ``out``'s loss and scalar extra metrics for ``stage`` (``'train'`` / ``'validation'``) per epoch."""
@@ -58,9 +63,35 @@ class LossTrainingPlan(TrainingPlan):
                 sync_dist=self.use_sync_dist,
             )
 
+    def training_forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        """The forward of a training step: compiled with ``compile_forward``, falling back to eager once.
+
+        Compilation happens at the first call; when it fails (no C++ compiler, an unsupported operation,
+        ...), a :class:`~morphomu.MorphomuWarning` says why and this and every later step run uncompiled.
+        """
+        if not self.compile_forward:
+            return self.forward(batch)
+        if self._compiled_forward is None:
+            self._compiled_forward = torch.compile(self.forward)
+        try:
+            return self._compiled_forward(batch)
+        except Exception as e:  # any compiler failure: the eager step below reports real errors
+            import warnings
+
+            from .._errors import MorphomuWarning
+
+            warnings.warn(
+                f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "training continues uncompiled.",
+                MorphomuWarning,
+                stacklevel=2,
+            )
+            self.compile_forward, self._compiled_forward = False, None
+            return self.forward(batch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss."""
-        _, _, out = self.forward(batch)
+        _, _, out = self.training_forward(batch)
         self.log_losses("train", out)
         return out.loss
 
