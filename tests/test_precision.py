@@ -213,3 +213,37 @@ def test_compile_must_be_a_bool(mdata):
     PhenoSeq.setup_mudata(data)
     with pytest.raises(MorphomuError, match=r"compile='yes': expected True or False"):
         PhenoSeq(data, preset="tiny").train(compile="yes", **TRAIN)
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", False)]
+)
+def test_bf16_gets_the_fused_optimiser_and_clips_its_true_gradients(bf16_model, precision, fused):
+    """Fused AdamW except under fp16's loss scaler; under bf16-mixed the plan clips (Lightning would refuse)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from morphomu.train._diffusion_plan import DiffusionTrainingPlan
+    from morphomu.train._plan import adamw
+
+    plan = DiffusionTrainingPlan(bf16_model.module)
+    plan._trainer = SimpleNamespace(precision=precision)
+    optimizer = adamw(plan, plan.trainable())
+    assert optimizer.defaults["fused"] is (True if fused else None)
+    assert optimizer.defaults["foreach"] is (None if fused else True)
+    if precision != "bf16-mixed":
+        return
+    params = plan.trainable()
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert norm > 1.0
+    plan._trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    plan.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert clipped == pytest.approx(1.0, rel=1e-3)
+    grads = torch.cat([p.grad.flatten() for p in params])
+    assert torch.allclose(grads, grads[0])  # scaled, not clamped per value
+    for p in params:
+        p.grad = None

@@ -5,22 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from scvi.train import TrainingPlan
 
 __all__ = ["LossTrainingPlan", "adamw"]
 
 
 def adamw(plan: TrainingPlan, params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
-    """AdamW with the plan's ``lr`` / ``weight_decay`` / ``eps``: the fused kernel at full precision.
+    """AdamW with the plan's ``lr`` / ``weight_decay`` / ``eps``: the fused kernel where it is correct.
 
-    Lightning's mixed-precision plugins unscale gradients before clipping, which a fused optimiser does
-    internally, so under ``'16-mixed'`` / ``'bf16-mixed'`` (or where the fused kernel is unavailable) the
-    multi-tensor (``foreach``) implementation is used.
+    Under ``'16-mixed'`` the loss scaler must unscale gradients before they are clipped, which a fused
+    optimiser would do only inside its step, so there (and where the fused kernel is unavailable) the
+    multi-tensor (``foreach``) implementation is used. ``'bf16-mixed'`` has no loss scaler: its gradients
+    are clipped as they are (:meth:`LossTrainingPlan.configure_gradient_clipping`).
     """
     kwargs = {"lr": plan.lr, "weight_decay": plan.weight_decay, "eps": plan.eps}
     trainer = getattr(plan, "_trainer", None)
-    full_precision = trainer is None or str(trainer.precision) in ("32-true", "32", "64-true", "64")
-    if full_precision:
+    loss_scaled = trainer is not None and str(trainer.precision) in ("16-mixed", "16")
+    if not loss_scaled:
         try:
             return torch.optim.AdamW(params, fused=True, **kwargs)
         except (RuntimeError, TypeError):  # fused kernel unavailable for this device / dtype
@@ -88,6 +91,24 @@ class LossTrainingPlan(TrainingPlan):
             )
             self.compile_forward, self._compiled_forward = False, None
             return self.forward(batch)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, and also a fused optimiser's gradients under ``'bf16-mixed'``.
+
+        Lightning's mixed-precision plugin refuses to clip for any fused optimiser because of fp16's loss
+        scaler; bf16-mixed has none, so its gradients are already true gradients and are clipped directly.
+        """
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss."""
